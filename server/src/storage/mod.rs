@@ -1,0 +1,123 @@
+//! Storage: the physical backend contract (versioned items, conditional writes, small atomic
+//! transactions, immediate-children listing) and its backends. Values arrive already encrypted
+//! by the barrier; a backend never sees plaintext.
+
+pub mod conformance;
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+/// Most operations one transaction may hold (DynamoDB allows 100; we stay portable).
+pub const MAX_TRANSACTION_OPS: usize = 25;
+/// Largest value a backend must accept (DynamoDB's item limit is 400 KB including key names).
+pub const MAX_VALUE_BYTES: usize = 380 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Vec<u8>,
+    /// Starts at 1 and grows by one on every put; the handle for conditional writes.
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    None,
+    /// The key must not exist.
+    Absent,
+    /// The key must exist at exactly this version.
+    Version(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put { key: String, value: Vec<u8>, precondition: Precondition },
+    Delete { key: String, precondition: Precondition },
+}
+
+impl Op {
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key, .. } => key,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StorageError {
+    /// A precondition did not hold; nothing of the transaction was applied.
+    #[error("conditional write failed on {key}")]
+    Conflict { key: String },
+    #[error("value for {key} is {size} bytes, over the storage limit of {limit} bytes")]
+    TooLarge { key: String, size: usize, limit: usize },
+    #[error("invalid storage request: {0}")]
+    Invalid(String),
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Short name shown in `sys/seal-status` (`storage_type`).
+    fn kind(&self) -> &'static str;
+
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StorageError>;
+
+    /// The immediate children of `prefix`, sorted: `a` for `prefix + "a"`, `b/` when keys exist
+    /// below `prefix + "b/"`.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+
+    /// Applies every op or none. At most [`MAX_TRANSACTION_OPS`] ops, each key at most once.
+    async fn transact(&self, ops: Vec<Op>) -> Result<(), StorageError>;
+
+    async fn put(&self, key: &str, value: Vec<u8>, precondition: Precondition) -> Result<(), StorageError> {
+        self.transact(vec![Op::Put { key: key.to_owned(), value, precondition }]).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.transact(vec![Op::Delete { key: key.to_owned(), precondition: Precondition::None }]).await
+    }
+}
+
+/// Checks what every backend must refuse, before it touches anything.
+pub fn validate_transaction(ops: &[Op]) -> Result<(), StorageError> {
+    if ops.is_empty() || ops.len() > MAX_TRANSACTION_OPS {
+        return Err(StorageError::Invalid(format!(
+            "a transaction holds 1 to {MAX_TRANSACTION_OPS} operations, got {}",
+            ops.len()
+        )));
+    }
+    let mut keys: Vec<&str> = ops.iter().map(Op::key).collect();
+    keys.sort_unstable();
+    if keys.windows(2).any(|w| w[0] == w[1]) {
+        return Err(StorageError::Invalid("a transaction names the same key twice".into()));
+    }
+    for op in ops {
+        if op.key().is_empty() {
+            return Err(StorageError::Invalid("empty key".into()));
+        }
+        if let Op::Put { key, value, .. } = op {
+            if value.len() > MAX_VALUE_BYTES {
+                return Err(StorageError::TooLarge { key: key.clone(), size: value.len(), limit: MAX_VALUE_BYTES });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Folds full keys below `prefix` into sorted, de-duplicated immediate children.
+pub fn immediate_children<'a>(prefix: &str, keys: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for key in keys {
+        let Some(rest) = key.strip_prefix(prefix) else { continue };
+        let child = match rest.find('/') {
+            Some(at) => &rest[..=at],
+            None => rest,
+        };
+        if !child.is_empty() && out.last().map(String::as_str) != Some(child) {
+            out.push(child.to_owned());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
