@@ -1,1 +1,131 @@
-fn main(){}
+//! The `kinko` binary: `kinko server` (production, configured by `KINKO_*`) and `kinko server --dev`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use kinko_server::config::Config;
+use kinko_server::server::{assemble, auto_unseal, prepare_dev};
+
+#[derive(Parser)]
+#[command(name = "kinko", version, about = "kinko: a Vault-compatible secrets server for Kubernetes teams")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server. Without --dev it is configured by KINKO_* environment variables.
+    Server {
+        /// Embedded SQLite storage, file seal and a self-signed certificate in --data-dir,
+        /// initialised and unsealed on first start.
+        #[arg(long)]
+        dev: bool,
+        /// Dev mode's directory for the database, seal key and certificates.
+        #[arg(long, default_value = ".kinko-dev", requires = "dev")]
+        data_dir: PathBuf,
+        /// Dev mode's listen address (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8200", requires = "dev")]
+        listen: SocketAddr,
+        /// Dev mode's root token on first start, like `vault server -dev-root-token-id`.
+        #[arg(long, env = "KINKO_DEV_ROOT_TOKEN", requires = "dev", hide_env_values = true)]
+        dev_root_token: Option<String>,
+    },
+}
+
+fn harden_process() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on this process with constant arguments.
+    unsafe {
+        // No core dumps and no ptrace by other users: memory holds keys.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        // Lock memory only where the limit allows all of it; a partial limit would make
+        // later allocations fail.
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0
+            && limit.rlim_cur == libc::RLIM_INFINITY
+            && libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) != 0
+        {
+            tracing::debug!("mlockall failed; memory may be swapped");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail at start-up");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn main() -> std::process::ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KINKO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    harden_process();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kinko: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Command::Server { dev, data_dir, listen, dev_root_token } = cli.command;
+    let config = if dev { Config::dev(data_dir, listen) } else { Config::from_env()? };
+    let parts = assemble(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let address = listener.local_addr()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "kinko listening on https://{address}")?;
+    if dev {
+        let first_start = prepare_dev(&parts.core, dev_root_token).await?;
+        let ca = parts.dev_ca.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        writeln!(out, "kinko dev server: data in {}", config_dir(&config))?;
+        writeln!(out, "CA certificate: {ca}")?;
+        match first_start {
+            Some(init) => {
+                writeln!(out, "Root token: {}", init.root_token.expose())?;
+                for key in &init.recovery_keys {
+                    writeln!(out, "Recovery key: {}", key.expose())?;
+                }
+                writeln!(out, "(shown once: only a keyed hash of the token is stored)")?;
+            }
+            None => writeln!(out, "Root token: printed at first start (only its hash is stored)")?,
+        }
+        writeln!(out, "export VAULT_ADDR=https://{address} VAULT_CACERT={ca}")?;
+    } else {
+        tokio::spawn(auto_unseal(parts.core.clone()));
+    }
+    out.flush()?;
+    drop(out);
+    let router = kinko_server::http::router(parts.core.clone(), config.max_request_bytes);
+    kinko_server::tls::serve(listener, parts.tls, router, shutdown_signal()).await?;
+    parts.core.seal().await;
+    Ok(())
+}
+
+fn config_dir(config: &Config) -> String {
+    match &config.tls {
+        kinko_server::config::TlsSource::DevSelfSigned { dir } => dir.display().to_string(),
+        kinko_server::config::TlsSource::Files { cert, .. } => cert.display().to_string(),
+    }
+}

@@ -1,0 +1,318 @@
+//! The core: seal state and its lifecycle (init, unseal, seal, rotate), and what exists only
+//! while unsealed (the encrypted storage view, tokens, policies, mounts).
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::barrier::Keyring;
+use crate::clock::now_unix;
+use crate::encrypted::{seal_keyring, EncryptedStorage, Write, KEYRING_PATH};
+use crate::error::{Error, Result};
+use crate::mounts::{Mount, MountTable, MOUNTS_PATH};
+use crate::policies::{policy_write, PolicyStore};
+use crate::policy::DEFAULT_POLICY;
+use crate::seal::{hex, Seal};
+use crate::secret::{Key256, SecretString};
+use crate::shamir;
+use crate::storage::{Op, Precondition, Storage, StorageError};
+use crate::tokens::{TokenRequest, TokenStore, TOKEN_KEY_PATH};
+
+pub const SEAL_CONFIG_PATH: &str = "core/seal-config";
+pub const ROOT_KEY_PATH: &str = "core/root-key";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Stored in plaintext: what a sealed server needs to know before it has any key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SealConfig {
+    pub cluster_id: String,
+    pub cluster_name: String,
+    pub seal_type: String,
+    pub recovery_shares: u8,
+    pub recovery_threshold: u8,
+    /// HMAC-SHA256 of the cluster id under the recovery key: verifies combined shares.
+    pub recovery_check: String,
+}
+
+#[derive(Debug)]
+pub struct InitRequest {
+    pub recovery_shares: u8,
+    pub recovery_threshold: u8,
+    /// Dev mode may choose the root token, as `vault server -dev-root-token-id` does.
+    pub root_token: Option<String>,
+    /// Dev mode mounts KV v2 at `secret/`.
+    pub mount_secret_kv: bool,
+}
+
+pub struct InitResult {
+    pub recovery_keys: Vec<SecretString>,
+    pub root_token: SecretString,
+}
+
+pub struct SealStatus {
+    pub seal_type: &'static str,
+    pub initialized: bool,
+    pub sealed: bool,
+    pub threshold: u8,
+    pub shares: u8,
+    pub progress: usize,
+    pub cluster_name: String,
+    pub cluster_id: String,
+    pub storage_type: &'static str,
+}
+
+/// Everything that exists only while unsealed; dropping it zeroizes the keys.
+pub struct Unsealed {
+    pub cluster_id: String,
+    pub store: EncryptedStorage,
+    pub tokens: TokenStore,
+    pub policies: PolicyStore,
+    pub mounts: MountTable,
+}
+
+pub struct Core {
+    storage: Arc<dyn Storage>,
+    seal: Arc<dyn Seal>,
+    cluster_name: String,
+    state: RwLock<Option<Arc<Unsealed>>>,
+    recovery_shares: Mutex<Vec<Vec<u8>>>,
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+fn recovery_check(recovery_key: &[u8], cluster_id: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(recovery_key).expect("HMAC takes any key length");
+    mac.update(b"kinko/recovery-check\0");
+    mac.update(cluster_id.as_bytes());
+    hex(&mac.finalize().into_bytes())
+}
+
+impl Core {
+    pub fn new(storage: Arc<dyn Storage>, seal: Arc<dyn Seal>, cluster_name: &str) -> Arc<Core> {
+        Arc::new(Core {
+            storage,
+            seal,
+            cluster_name: cluster_name.to_owned(),
+            state: RwLock::new(None),
+            recovery_shares: Mutex::new(Vec::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    pub fn seal_kind(&self) -> &'static str {
+        self.seal.kind()
+    }
+
+    pub async fn seal_config(&self) -> Result<Option<SealConfig>> {
+        match self.storage.get(SEAL_CONFIG_PATH).await? {
+            None => Ok(None),
+            Some(entry) => serde_json::from_slice(&entry.value)
+                .map(Some)
+                .map_err(|e| Error::Internal(format!("seal configuration is unreadable: {e}"))),
+        }
+    }
+
+    /// The unsealed state, or `Error::Sealed`.
+    pub fn unsealed(&self) -> Result<Arc<Unsealed>> {
+        self.state.read().expect("state lock poisoned").clone().ok_or(Error::Sealed)
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.state.read().expect("state lock poisoned").is_none()
+    }
+
+    pub async fn initialize(&self, request: InitRequest) -> Result<InitResult> {
+        let _guard = self.lifecycle.lock().await;
+        if request.recovery_threshold > request.recovery_shares
+            || (request.recovery_shares > 0 && request.recovery_threshold == 0)
+        {
+            return Err(Error::bad_request("recovery_threshold must be between 1 and recovery_shares"));
+        }
+        if self.seal_config().await?.is_some() {
+            return Err(Error::AlreadyInitialized);
+        }
+        let cluster_id = uuid::Uuid::new_v4().to_string();
+        let root_key = Key256::generate();
+        let recovery_key = Key256::generate();
+        let recovery_keys = if request.recovery_shares == 0 {
+            Vec::new()
+        } else {
+            shamir::split(recovery_key.expose(), request.recovery_shares, request.recovery_threshold)
+                .map_err(|e| Error::BadRequest(e.to_string()))?
+                .into_iter()
+                .map(|share| SecretString::new(hex(&share)))
+                .collect()
+        };
+        let config = SealConfig {
+            cluster_id: cluster_id.clone(),
+            cluster_name: self.cluster_name.clone(),
+            seal_type: self.seal.kind().to_owned(),
+            recovery_shares: request.recovery_shares,
+            recovery_threshold: request.recovery_threshold,
+            recovery_check: recovery_check(recovery_key.expose(), &cluster_id),
+        };
+        let wrapped = self.seal.wrap(&root_key, &cluster_id).await?;
+        let now = now_unix();
+        let keyring = Keyring::new(&cluster_id, now).with_new_block(now);
+        let sealed_keyring = seal_keyring(&root_key, &cluster_id, &keyring);
+        let store = EncryptedStorage::with_keyring(self.storage.clone(), root_key, &cluster_id, keyring);
+
+        // Everything a working cluster needs goes in one transaction: either another replica
+        // initialised first and we wrote nothing, or the cluster is complete.
+        let token_key = Key256::generate();
+        let tokens = TokenStore::new(token_key.duplicate());
+        let root_request = TokenRequest {
+            policies: vec!["root".into()],
+            display_name: "root".into(),
+            path: "auth/token/root".into(),
+            ..TokenRequest::default()
+        };
+        let (root, mut writes) = tokens.issue(root_request, None, request.root_token);
+        writes.push(Write::Put {
+            path: TOKEN_KEY_PATH.into(),
+            value: zeroize::Zeroizing::new(token_key.expose().to_vec()),
+            precondition: Precondition::Absent,
+        });
+        writes.push(policy_write("default", DEFAULT_POLICY)?);
+        if request.mount_secret_kv {
+            let mounts = vec![Mount::new("secret/", "key/value secret storage")];
+            writes.push(Write::put_json(MOUNTS_PATH, &mounts, Precondition::Absent));
+        }
+        let mut ops = vec![
+            Op::Put {
+                key: SEAL_CONFIG_PATH.into(),
+                value: serde_json::to_vec(&config).expect("serialisable"),
+                precondition: Precondition::Absent,
+            },
+            Op::Put { key: ROOT_KEY_PATH.into(), value: wrapped, precondition: Precondition::Absent },
+            Op::Put { key: KEYRING_PATH.into(), value: sealed_keyring, precondition: Precondition::Absent },
+        ];
+        ops.extend(store.to_ops(writes).await?);
+        match self.storage.transact(ops).await {
+            Ok(()) => {}
+            Err(StorageError::Conflict { .. }) => return Err(Error::AlreadyInitialized),
+            Err(other) => return Err(other.into()),
+        }
+        let mounts = MountTable::load(&store).await?;
+        self.install(Unsealed { cluster_id, store, tokens, policies: PolicyStore::default(), mounts });
+        tracing::info!(cluster = %self.cluster_name, "initialized and unsealed");
+        Ok(InitResult { recovery_keys, root_token: root.token })
+    }
+
+    fn install(&self, unsealed: Unsealed) {
+        *self.state.write().expect("state lock poisoned") = Some(Arc::new(unsealed));
+        self.recovery_shares.lock().expect("share lock poisoned").clear();
+    }
+
+    /// Unseals through the configured seal (auto-unseal). A no-op when already unsealed.
+    pub async fn unseal_with_seal(&self) -> Result<()> {
+        let _guard = self.lifecycle.lock().await;
+        if !self.is_sealed() {
+            return Ok(());
+        }
+        let config = self.seal_config().await?.ok_or(Error::NotInitialized)?;
+        self.unseal_locked(&config).await
+    }
+
+    async fn unseal_locked(&self, config: &SealConfig) -> Result<()> {
+        let wrapped = self
+            .storage
+            .get(ROOT_KEY_PATH)
+            .await?
+            .ok_or_else(|| Error::Internal("wrapped root key missing from storage".into()))?;
+        let root_key = self.seal.unwrap(&wrapped.value, &config.cluster_id).await?;
+        let store = EncryptedStorage::open(self.storage.clone(), root_key, &config.cluster_id).await?;
+        let token_key = store
+            .get(TOKEN_KEY_PATH)
+            .await?
+            .and_then(|plain| Key256::from_slice(plain.bytes.expose()))
+            .ok_or_else(|| Error::Internal("token key missing from storage".into()))?;
+        let mounts = MountTable::load(&store).await?;
+        self.install(Unsealed {
+            cluster_id: config.cluster_id.clone(),
+            store,
+            tokens: TokenStore::new(token_key),
+            policies: PolicyStore::default(),
+            mounts,
+        });
+        tracing::info!(cluster_id = %config.cluster_id, seal = self.seal.kind(), "unsealed");
+        Ok(())
+    }
+
+    /// Takes one recovery key share (after a manual `sys/seal`); unseals once enough have come.
+    /// Returns the number of shares held so far (0 once unsealed).
+    pub async fn submit_recovery_share(&self, share_hex: &str) -> Result<usize> {
+        let _guard = self.lifecycle.lock().await;
+        let config = self.seal_config().await?.ok_or(Error::NotInitialized)?;
+        if !self.is_sealed() {
+            return Ok(0);
+        }
+        if config.recovery_shares == 0 {
+            return Err(Error::bad_request(
+                "this cluster has no recovery keys; restart the server to unseal it through its seal",
+            ));
+        }
+        let share = crate::seal::unhex(share_hex.trim())
+            .filter(|s| s.len() == Key256::LEN + 1)
+            .ok_or_else(|| Error::bad_request("key is not a recovery key share (expected hex)"))?;
+        let combined = {
+            let mut shares = self.recovery_shares.lock().expect("share lock poisoned");
+            if !shares.contains(&share) {
+                shares.push(share);
+            }
+            if shares.len() < config.recovery_threshold as usize {
+                return Ok(shares.len());
+            }
+            let combined = shamir::combine(&shares);
+            shares.clear();
+            combined
+        };
+        let valid = combined.as_ref().is_ok_and(|key| {
+            let expected = crate::seal::unhex(&config.recovery_check).unwrap_or_default();
+            let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+            mac.update(b"kinko/recovery-check\0");
+            mac.update(config.cluster_id.as_bytes());
+            mac.verify_slice(&expected).is_ok()
+        });
+        if !valid {
+            return Err(Error::bad_request("recovery key shares do not combine to this cluster's recovery key"));
+        }
+        self.unseal_locked(&config).await?;
+        Ok(0)
+    }
+
+    pub fn reset_recovery_progress(&self) {
+        self.recovery_shares.lock().expect("share lock poisoned").clear();
+    }
+
+    /// Drops every key from memory. Requests in flight finish with the state they hold.
+    pub async fn seal(&self) {
+        let _guard = self.lifecycle.lock().await;
+        self.state.write().expect("state lock poisoned").take();
+        tracing::info!("sealed");
+    }
+
+    pub async fn status(&self) -> Result<SealStatus> {
+        let config = self.seal_config().await?;
+        let unsealed = self.state.read().expect("state lock poisoned").clone();
+        Ok(SealStatus {
+            seal_type: self.seal.kind(),
+            initialized: config.is_some(),
+            sealed: unsealed.is_none(),
+            threshold: config.as_ref().map_or(0, |c| c.recovery_threshold),
+            shares: config.as_ref().map_or(0, |c| c.recovery_shares),
+            progress: self.recovery_shares.lock().expect("share lock poisoned").len(),
+            cluster_name: config.as_ref().map_or_else(|| self.cluster_name.clone(), |c| c.cluster_name.clone()),
+            cluster_id: match (&config, &unsealed) {
+                (Some(c), Some(_)) => c.cluster_id.clone(),
+                _ => String::new(),
+            },
+            storage_type: self.storage.kind(),
+        })
+    }
+}

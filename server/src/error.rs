@@ -1,0 +1,74 @@
+//! The one error type of the server's logic; `http::respond` maps each variant to a status.
+
+use crate::barrier::BarrierError;
+use crate::seal::SealError;
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is wrong; the message says what, and never echoes a secret value.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("permission denied")]
+    PermissionDenied,
+    /// Vault answers an unknown path or missing item with 404 and no message.
+    #[error("not found")]
+    NotFound,
+    #[error("unsupported operation")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("Vault is sealed")]
+    Sealed,
+    #[error("Vault is not initialized")]
+    NotInitialized,
+    #[error("Vault is already initialized")]
+    AlreadyInitialized,
+    #[error("check-and-set parameter did not match the current version")]
+    CasMismatch,
+    #[error("check-and-set parameter required for this call")]
+    CasRequired,
+    /// A backend or seal could not be reached; the request may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something that should not happen; details are logged, the client sees a generic line.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Error::BadRequest(message.into())
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::Unavailable(reason) => Error::Unavailable(reason),
+            StorageError::TooLarge { size, limit, .. } => {
+                Error::PayloadTooLarge(format!("value is too large to store: {size} bytes encrypted, the limit is {limit}"))
+            }
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<BarrierError> for Error {
+    fn from(error: BarrierError) -> Self {
+        Error::Internal(format!("barrier: {error}"))
+    }
+}
+
+impl From<SealError> for Error {
+    fn from(error: SealError) -> Self {
+        match error {
+            SealError::Unavailable { .. } => Error::Unavailable(error.to_string()),
+            SealError::Invalid { .. } => Error::Internal(error.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,261 @@
+//! The HTTP API: one entry handler that parses and validates every request the same way,
+//! routes it by logical path, and turns results and errors into Vault-shaped responses in one
+//! place (`respond`).
+
+mod body;
+mod kv;
+mod sys;
+mod token;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body as AxumBody;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use axum::Router;
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::{json, Value};
+
+pub use body::Body;
+
+use crate::core::{Core, Unsealed};
+use crate::error::{Error, Result};
+use crate::path::parse_request_path;
+use crate::policy::{Acl, Capability};
+use crate::tokens::Caller;
+
+/// 1 MiB, as the security checklist asks; Vault's default is 32 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct App {
+    pub core: Arc<Core>,
+    pub max_body_bytes: usize,
+}
+
+pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
+    Router::new().fallback(entry).with_state(App { core, max_body_bytes })
+}
+
+/// What the request asks to do, as policies name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Read,
+    List,
+    Write,
+    Delete,
+    Patch,
+}
+
+pub struct Req {
+    pub op: Operation,
+    pub method: Method,
+    /// Decoded and validated, without `/v1/`.
+    pub path: String,
+    pub query: HashMap<String, String>,
+    pub headers: HeaderMap,
+    pub body: Body,
+}
+
+impl Req {
+    pub fn query_flag(&self, name: &str) -> bool {
+        self.query.get(name).is_some_and(|v| v.is_empty() || v == "true" || v == "1")
+    }
+}
+
+/// A successful outcome, before it is shaped into a response.
+pub enum Reply {
+    /// 200 with `data`.
+    Data(Value),
+    /// `data` with another status (KV answers a deleted version with 404 and its metadata).
+    DataWithStatus(StatusCode, Value),
+    /// 200 with `auth`.
+    Auth(Value),
+    /// Older Vault endpoints repeat `data`'s fields at the top level; clients read either.
+    Compat(Value),
+    /// The body exactly as given (health, seal-status, init).
+    Raw(StatusCode, Value),
+    NoContent,
+}
+
+async fn entry(State(app): State<App>, request: Request) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let result = match parse(&app, request).await {
+        Ok(req) => route(&app, &req).await.map(|reply| (reply, mount_type(&req.path))),
+        Err(error) => Err(error),
+    };
+    respond(result, &request_id)
+}
+
+fn mount_type(path: &str) -> &'static str {
+    if path.starts_with("sys/") {
+        "system"
+    } else if path.starts_with("auth/token") {
+        "token"
+    } else {
+        "kv"
+    }
+}
+
+async fn parse(app: &App, request: Request) -> Result<Req> {
+    let (parts, body) = request.into_parts();
+    let path = parse_request_path(parts.uri.path()).map_err(|e| match e {
+        crate::path::PathError::NotApi => Error::NotFound,
+        other => Error::BadRequest(format!("invalid request path: {other}")),
+    })?;
+    let query: HashMap<String, String> = parts
+        .uri
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    let decode = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+                    (decode(k), decode(v))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let list_query = query.get("list").is_some_and(|v| v == "true" || v == "1");
+    let op = match parts.method.as_str() {
+        "GET" | "HEAD" if list_query => Operation::List,
+        "GET" | "HEAD" => Operation::Read,
+        "LIST" => Operation::List,
+        "POST" | "PUT" => Operation::Write,
+        "DELETE" => Operation::Delete,
+        "PATCH" => Operation::Patch,
+        _ => return Err(Error::MethodNotAllowed),
+    };
+    let bytes = axum::body::to_bytes(body, app.max_body_bytes)
+        .await
+        .map_err(|_| Error::PayloadTooLarge(format!("request body too large: the limit is {} bytes", app.max_body_bytes)))?;
+    let body = Body::parse(&bytes)?;
+    Ok(Req { op, method: parts.method, path, query, headers: parts.headers, body })
+}
+
+async fn route(app: &App, req: &Req) -> Result<Reply> {
+    let path = req.path.as_str();
+    if path == "sys" || path.starts_with("sys/") {
+        return sys::route(app, req).await;
+    }
+    let unsealed = app.core.unsealed()?;
+    if let Some(rest) = path.strip_prefix("auth/token/") {
+        return token::route(&unsealed, req, rest).await;
+    }
+    if path.starts_with("auth/") {
+        return Err(Error::NotFound);
+    }
+    match unsealed.mounts.resolve(path) {
+        Some((mount, rest)) => kv::route(&unsealed, req, &mount, rest).await,
+        None => Err(Error::NotFound),
+    }
+}
+
+/// The presented token: `X-Vault-Token` wins over `Authorization: Bearer` when both are sent.
+pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get("x-vault-token") {
+        return value.to_str().ok().map(str::trim);
+    }
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Who is calling and what their policies allow. Every failure is the same 403.
+pub async fn authenticate(unsealed: &Unsealed, req: &Req) -> Result<(Caller, Arc<Acl>)> {
+    let token = presented_token(&req.headers).ok_or(Error::PermissionDenied)?;
+    let caller = unsealed.tokens.authenticate(&unsealed.store, token).await?.ok_or(Error::PermissionDenied)?;
+    let acl = unsealed.policies.acl(&unsealed.store, &caller.entry.policies).await?;
+    Ok((caller, acl))
+}
+
+/// Authenticates and checks one capability on the request's own path.
+pub async fn authorize(unsealed: &Unsealed, req: &Req, capability: Capability) -> Result<Caller> {
+    let (caller, acl) = authenticate(unsealed, req).await?;
+    if !acl.allows(&req.path, capability) {
+        return Err(Error::PermissionDenied);
+    }
+    Ok(caller)
+}
+
+fn with_standard_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = Response::new(AxumBody::from(serde_json::to_vec(body).expect("serialisable")));
+    *response.status_mut() = status;
+    with_standard_headers(response)
+}
+
+fn envelope(request_id: &str, mount_type: &str, data: Value, auth: Value) -> Value {
+    json!({
+        "request_id": request_id,
+        "lease_id": "",
+        "renewable": false,
+        "lease_duration": 0,
+        "data": data,
+        "wrap_info": null,
+        "warnings": null,
+        "auth": auth,
+        "mount_type": mount_type,
+    })
+}
+
+/// The one place where outcomes become HTTP responses.
+pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Response {
+    match result {
+        Ok((reply, mount_type)) => match reply {
+            Reply::Data(data) => json_response(StatusCode::OK, &envelope(request_id, mount_type, data, Value::Null)),
+            Reply::DataWithStatus(status, data) => {
+                json_response(status, &envelope(request_id, mount_type, data, Value::Null))
+            }
+            Reply::Auth(auth) => json_response(StatusCode::OK, &envelope(request_id, mount_type, Value::Null, auth)),
+            Reply::Compat(data) => {
+                let mut body = envelope(request_id, mount_type, data.clone(), Value::Null);
+                if let (Some(top), Some(fields)) = (body.as_object_mut(), data.as_object()) {
+                    for (k, v) in fields {
+                        top.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+                json_response(StatusCode::OK, &body)
+            }
+            Reply::Raw(status, body) => json_response(status, &body),
+            Reply::NoContent => {
+                let mut response = Response::new(AxumBody::empty());
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+            }
+        },
+        Err(error) => {
+            let (status, errors): (StatusCode, Vec<String>) = match &error {
+                Error::BadRequest(message) => (StatusCode::BAD_REQUEST, vec![message.clone()]),
+                Error::PermissionDenied => (StatusCode::FORBIDDEN, vec!["permission denied".into()]),
+                Error::NotFound => (StatusCode::NOT_FOUND, vec![]),
+                Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, vec!["unsupported operation".into()]),
+                Error::UnsupportedMediaType(message) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, vec![message.clone()]),
+                Error::PayloadTooLarge(message) => (StatusCode::PAYLOAD_TOO_LARGE, vec![message.clone()]),
+                Error::Sealed => (StatusCode::SERVICE_UNAVAILABLE, vec!["Vault is sealed".into()]),
+                Error::NotInitialized => (StatusCode::BAD_REQUEST, vec!["Vault is not initialized".into()]),
+                Error::AlreadyInitialized => (StatusCode::BAD_REQUEST, vec!["Vault is already initialized".into()]),
+                Error::CasMismatch | Error::CasRequired => (StatusCode::BAD_REQUEST, vec![error.to_string()]),
+                Error::Unavailable(reason) => {
+                    tracing::warn!(request_id, %reason, "request failed: dependency unavailable");
+                    (StatusCode::SERVICE_UNAVAILABLE, vec![format!("service unavailable: {reason}")])
+                }
+                Error::Internal(detail) => {
+                    tracing::error!(request_id, %detail, "request failed: internal error");
+                    (StatusCode::INTERNAL_SERVER_ERROR, vec!["internal error".into()])
+                }
+            };
+            json_response(status, &json!({ "errors": errors }))
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! KV version 2: versioned secrets with check-and-set, soft delete, undelete, destroy, metadata,
+//! and per-mount configuration. One key is two kinds of items: its metadata, and one item per
+//! version. Every change rewrites the metadata with a conditional write in the same transaction
+//! as the version items it touches, so concurrent writers (even on other replicas) serialise.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use zeroize::Zeroizing;
+
+use crate::clock::{now, parse_rfc3339, rfc3339};
+use crate::encrypted::{EncryptedStorage, TransactError, Write};
+use crate::error::{Error, Result};
+use crate::storage::{Precondition, MAX_TRANSACTION_OPS};
+
+/// Vault's default when `max_versions` is 0.
+pub const DEFAULT_MAX_VERSIONS: u64 = 10;
+const ATTEMPTS: usize = 16;
+/// Room left in a transaction for the metadata and the new version.
+const PRUNE_PER_WRITE: usize = MAX_TRANSACTION_OPS - 2;
+pub const MAX_CUSTOM_METADATA_KEYS: usize = 64;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvConfig {
+    pub max_versions: u64,
+    pub cas_required: bool,
+    pub delete_version_after: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionMeta {
+    pub created_time: String,
+    /// Empty, or when the version is (or will be) deleted.
+    pub deletion_time: String,
+    pub destroyed: bool,
+}
+
+impl VersionMeta {
+    fn is_deleted(&self, at: time::OffsetDateTime) -> bool {
+        !self.deletion_time.is_empty() && parse_rfc3339(&self.deletion_time).is_none_or(|d| d <= at)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyMetadata {
+    pub created_time: String,
+    pub updated_time: String,
+    pub current_version: u64,
+    pub oldest_version: u64,
+    pub max_versions: u64,
+    pub cas_required: bool,
+    pub delete_version_after: u64,
+    pub custom_metadata: Option<BTreeMap<String, String>>,
+    pub versions: BTreeMap<u64, VersionMeta>,
+}
+
+impl KeyMetadata {
+    fn new(at: &str) -> Self {
+        KeyMetadata { created_time: at.into(), updated_time: at.into(), ..KeyMetadata::default() }
+    }
+
+    fn version_json(&self, version: u64, meta: &VersionMeta) -> Value {
+        json!({
+            "created_time": meta.created_time,
+            "custom_metadata": self.custom_metadata,
+            "deletion_time": meta.deletion_time,
+            "destroyed": meta.destroyed,
+            "version": version,
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        let versions: Map<String, Value> = self
+            .versions
+            .iter()
+            .map(|(n, v)| {
+                let entry = json!({ "created_time": v.created_time, "deletion_time": v.deletion_time, "destroyed": v.destroyed });
+                (n.to_string(), entry)
+            })
+            .collect();
+        json!({
+            "cas_required": self.cas_required,
+            "created_time": self.created_time,
+            "current_version": self.current_version,
+            "custom_metadata": self.custom_metadata,
+            "delete_version_after": format!("{}s", self.delete_version_after),
+            "max_versions": self.max_versions,
+            "oldest_version": self.oldest_version,
+            "updated_time": self.updated_time,
+            "versions": versions,
+        })
+    }
+}
+
+/// What a read found.
+pub enum ReadOutcome {
+    /// `{"data": {...}, "metadata": {...}}`
+    Found(Value),
+    /// Soft-deleted or destroyed: Vault answers 404 with the envelope and `data: null`.
+    Gone(Value),
+    Missing,
+}
+
+/// Fields of `POST metadata/:path`; `None` keeps the current value.
+#[derive(Debug, Default)]
+pub struct MetadataUpdate {
+    pub max_versions: Option<u64>,
+    pub cas_required: Option<bool>,
+    pub delete_version_after: Option<u64>,
+    pub custom_metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionAction {
+    Delete,
+    Undelete,
+    Destroy,
+}
+
+pub struct Kv<'a> {
+    store: &'a EncryptedStorage,
+    prefix: String,
+}
+
+pub fn validate_custom_metadata(map: &BTreeMap<String, String>) -> Result<()> {
+    if map.len() > MAX_CUSTOM_METADATA_KEYS {
+        return Err(Error::BadRequest(format!("custom_metadata holds at most {MAX_CUSTOM_METADATA_KEYS} keys")));
+    }
+    if map.iter().any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 512) {
+        return Err(Error::bad_request("custom_metadata keys are 1 to 128 bytes and values at most 512 bytes"));
+    }
+    Ok(())
+}
+
+fn secret_path(path: &str) -> Result<&str> {
+    if path.is_empty() || path.ends_with('/') {
+        return Err(Error::bad_request("a secret path must name a key and not end with '/'"));
+    }
+    Ok(path)
+}
+
+impl<'a> Kv<'a> {
+    pub fn new(store: &'a EncryptedStorage, storage_prefix: &str) -> Self {
+        Kv { store, prefix: storage_prefix.to_owned() }
+    }
+
+    fn metadata_key(&self, path: &str) -> String {
+        format!("{}metadata/{path}", self.prefix)
+    }
+
+    fn version_key(&self, path: &str, version: u64) -> String {
+        format!("{}versions/{path}/{version}", self.prefix)
+    }
+
+    fn config_key(&self) -> String {
+        format!("{}config", self.prefix)
+    }
+
+    pub async fn config(&self) -> Result<KvConfig> {
+        Ok(self.store.get_json(&self.config_key()).await?.map(|(c, _)| c).unwrap_or_default())
+    }
+
+    pub async fn set_config(&self, update: MetadataUpdate) -> Result<()> {
+        let mut config = self.config().await?;
+        if let Some(v) = update.max_versions {
+            config.max_versions = v;
+        }
+        if let Some(v) = update.cas_required {
+            config.cas_required = v;
+        }
+        if let Some(v) = update.delete_version_after {
+            config.delete_version_after = v;
+        }
+        self.store.write(vec![Write::put_json(self.config_key(), &config, Precondition::None)]).await
+    }
+
+    pub async fn metadata(&self, path: &str) -> Result<Option<(KeyMetadata, u64)>> {
+        if path.is_empty() || path.ends_with('/') {
+            return Ok(None);
+        }
+        self.store.get_json(&self.metadata_key(path)).await
+    }
+
+    /// Whether the key has metadata (decides `create` versus `update` capability).
+    pub async fn exists(&self, path: &str) -> Result<bool> {
+        Ok(self.metadata(path).await?.is_some())
+    }
+
+    pub async fn read(&self, path: &str, version: Option<u64>) -> Result<ReadOutcome> {
+        let Some((meta, _)) = self.metadata(path).await? else { return Ok(ReadOutcome::Missing) };
+        let version = version.filter(|v| *v > 0).unwrap_or(meta.current_version);
+        let Some(version_meta) = meta.versions.get(&version) else { return Ok(ReadOutcome::Missing) };
+        let metadata = meta.version_json(version, version_meta);
+        if version_meta.destroyed || version_meta.is_deleted(now()) {
+            return Ok(ReadOutcome::Gone(json!({ "data": null, "metadata": metadata })));
+        }
+        let Some(plain) = self.store.get(&self.version_key(path, version)).await? else {
+            return Ok(ReadOutcome::Missing);
+        };
+        let data: Value = serde_json::from_slice(plain.bytes.expose())
+            .map_err(|e| Error::Internal(format!("stored secret version is not JSON: {e}")))?;
+        Ok(ReadOutcome::Found(json!({ "data": data, "metadata": metadata })))
+    }
+
+    /// Reads, changes and conditionally rewrites a key's metadata, retrying when another writer
+    /// got there first (the change is recomputed, so check-and-set is re-checked too).
+    async fn update<T>(
+        &self,
+        path: &str,
+        mut change: impl FnMut(Option<KeyMetadata>, &KvConfig) -> Result<Option<(KeyMetadata, Vec<Write>, T)>>,
+    ) -> Result<Option<T>> {
+        let config = self.config().await?;
+        for _ in 0..ATTEMPTS {
+            let stored = self.metadata(path).await?;
+            let precondition = stored.as_ref().map_or(Precondition::Absent, |(_, v)| Precondition::Version(*v));
+            let Some((meta, mut writes, result)) = change(stored.map(|(m, _)| m), &config)? else {
+                return Ok(None);
+            };
+            writes.insert(0, Write::put_json(self.metadata_key(path), &meta, precondition));
+            match self.store.transact(writes).await {
+                Ok(()) => return Ok(Some(result)),
+                Err(TransactError::Conflict) => continue,
+                Err(TransactError::Other(error)) => return Err(error),
+            }
+        }
+        Err(Error::Unavailable(format!("too many concurrent writers on {path}; try again")))
+    }
+
+    pub async fn write(&self, path: &str, data: Map<String, Value>, cas: Option<u64>) -> Result<Value> {
+        let path = secret_path(path)?;
+        let bytes = Zeroizing::new(serde_json::to_vec(&data).expect("serialisable"));
+        let written = self.write_version(path, cas, |_| Some(bytes.clone())).await?;
+        Ok(written.expect("an unconditional write always writes"))
+    }
+
+    /// Merges `patch` (JSON merge patch, RFC 7386) into the latest live version.
+    pub async fn patch(&self, path: &str, patch: Map<String, Value>, cas: Option<u64>) -> Result<Value> {
+        let path = secret_path(path)?;
+        // The current data is read inside the retry loop: a concurrent write changes the base.
+        for _ in 0..ATTEMPTS {
+            let Some((meta, _)) = self.metadata(path).await? else { return Err(Error::NotFound) };
+            let current = match self.read(path, None).await? {
+                ReadOutcome::Found(found) => found["data"].clone(),
+                _ => return Err(Error::NotFound),
+            };
+            let base_version = meta.current_version;
+            let mut merged = current;
+            json_patch::merge(&mut merged, &Value::Object(patch.clone()));
+            let bytes = Zeroizing::new(serde_json::to_vec(&merged).expect("serialisable"));
+            // `None`: another writer moved the key past the version we merged into; start over.
+            let written = self.write_version(path, cas, |current| (current == base_version).then(|| bytes.clone())).await?;
+            if let Some(response) = written {
+                return Ok(response);
+            }
+        }
+        Err(Error::Unavailable(format!("too many concurrent writers on {path}; try again")))
+    }
+
+    async fn write_version(
+        &self,
+        path: &str,
+        cas: Option<u64>,
+        mut data_for: impl FnMut(u64) -> Option<Zeroizing<Vec<u8>>>,
+    ) -> Result<Option<Value>> {
+        let at = rfc3339(now());
+        self
+            .update(path, |stored, config| {
+                let mut meta = stored.unwrap_or_else(|| KeyMetadata::new(&at));
+                match cas {
+                    None if config.cas_required || meta.cas_required => return Err(Error::CasRequired),
+                    Some(expected) if expected != meta.current_version => return Err(Error::CasMismatch),
+                    _ => {}
+                }
+                let Some(bytes) = data_for(meta.current_version) else { return Ok(None) };
+                let version = meta.current_version + 1;
+                let delete_after =
+                    if meta.delete_version_after > 0 { meta.delete_version_after } else { config.delete_version_after };
+                let deletion_time = if delete_after > 0 {
+                    rfc3339(now() + time::Duration::seconds(delete_after as i64))
+                } else {
+                    String::new()
+                };
+                let version_meta = VersionMeta { created_time: at.clone(), deletion_time, destroyed: false };
+                meta.versions.insert(version, version_meta.clone());
+                meta.current_version = version;
+                meta.updated_time = at.clone();
+                let mut writes = vec![Write::Put {
+                    path: self.version_key(path, version),
+                    value: bytes,
+                    precondition: Precondition::None,
+                }];
+                let max = match (meta.max_versions, config.max_versions) {
+                    (0, 0) => DEFAULT_MAX_VERSIONS,
+                    (0, mount) => mount,
+                    (key, _) => key,
+                };
+                let excess = meta.versions.len().saturating_sub(max as usize).min(PRUNE_PER_WRITE);
+                let pruned: Vec<u64> = meta.versions.keys().take(excess).copied().collect();
+                for old in &pruned {
+                    meta.versions.remove(old);
+                    writes.push(Write::delete(self.version_key(path, *old), Precondition::None));
+                }
+                if !pruned.is_empty() {
+                    meta.oldest_version = meta.versions.keys().next().copied().unwrap_or(0);
+                }
+                let response = meta.version_json(version, &version_meta);
+                Ok(Some((meta, writes, response)))
+            })
+            .await
+    }
+
+    /// Soft-deletes the latest version. Missing keys are not an error (as in Vault).
+    pub async fn delete_latest(&self, path: &str) -> Result<()> {
+        let at = rfc3339(now());
+        self.update(path, |stored, _| {
+            let Some(mut meta) = stored else { return Ok(None) };
+            let current = meta.current_version;
+            match meta.versions.get_mut(&current) {
+                Some(v) if !v.destroyed && !v.is_deleted(now()) => v.deletion_time = at.clone(),
+                _ => return Ok(None),
+            }
+            meta.updated_time = at.clone();
+            Ok(Some((meta, Vec::new(), ())))
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn change_versions(&self, path: &str, versions: &[u64], action: VersionAction) -> Result<()> {
+        if versions.is_empty() {
+            return Err(Error::bad_request("no version number provided"));
+        }
+        if versions.len() > PRUNE_PER_WRITE {
+            return Err(Error::BadRequest(format!("at most {PRUNE_PER_WRITE} versions per request")));
+        }
+        let at = rfc3339(now());
+        self.update(path, |stored, _| {
+            let Some(mut meta) = stored else { return Ok(None) };
+            let mut writes = Vec::new();
+            for version in versions {
+                let Some(v) = meta.versions.get_mut(version) else { continue };
+                match action {
+                    VersionAction::Delete if !v.destroyed && !v.is_deleted(now()) => v.deletion_time = at.clone(),
+                    VersionAction::Undelete if !v.destroyed => v.deletion_time = String::new(),
+                    VersionAction::Destroy if !v.destroyed => {
+                        v.destroyed = true;
+                        writes.push(Write::delete(self.version_key(path, *version), Precondition::None));
+                    }
+                    _ => {}
+                }
+            }
+            meta.updated_time = at.clone();
+            Ok(Some((meta, writes, ())))
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn write_metadata(&self, path: &str, update: MetadataUpdate) -> Result<()> {
+        let path = secret_path(path)?;
+        if let Some(custom) = &update.custom_metadata {
+            validate_custom_metadata(custom)?;
+        }
+        let at = rfc3339(now());
+        self.update(path, |stored, _| {
+            let mut meta = stored.unwrap_or_else(|| KeyMetadata::new(&at));
+            if let Some(v) = update.max_versions {
+                meta.max_versions = v;
+            }
+            if let Some(v) = update.cas_required {
+                meta.cas_required = v;
+            }
+            if let Some(v) = update.delete_version_after {
+                meta.delete_version_after = v;
+            }
+            if let Some(custom) = &update.custom_metadata {
+                meta.custom_metadata = Some(custom.clone());
+            }
+            meta.updated_time = at.clone();
+            Ok(Some((meta, Vec::new(), ())))
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Removes the key's metadata and every version. The metadata goes first, in the same
+    /// transaction as the first versions, so the key disappears at once; leftover version items
+    /// (for keys with many versions) are unreachable and removed right after.
+    pub async fn delete_metadata(&self, path: &str) -> Result<()> {
+        let Some((meta, version)) = self.metadata(path).await? else { return Ok(()) };
+        let mut keys: Vec<String> = meta.versions.keys().map(|v| self.version_key(path, *v)).collect();
+        let first: Vec<String> = keys.drain(..keys.len().min(MAX_TRANSACTION_OPS - 1)).collect();
+        let mut writes = vec![Write::delete(self.metadata_key(path), Precondition::Version(version))];
+        writes.extend(first.into_iter().map(|k| Write::delete(k, Precondition::None)));
+        match self.store.transact(writes).await {
+            Ok(()) => {}
+            Err(TransactError::Conflict) => {
+                return Err(Error::Unavailable(format!("{path} changed while being deleted; try again")))
+            }
+            Err(TransactError::Other(error)) => return Err(error),
+        }
+        for chunk in keys.chunks(MAX_TRANSACTION_OPS) {
+            self.store.write(chunk.iter().map(|k| Write::delete(k.clone(), Precondition::None)).collect()).await?;
+        }
+        Ok(())
+    }
+
+    /// The keys and folders directly under `prefix` (`""` for the mount's top).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let prefix = match prefix.trim_end_matches('/') {
+            "" => String::new(),
+            folder => format!("{folder}/"),
+        };
+        self.store.list(&self.metadata_key(&prefix)).await
+    }
+}

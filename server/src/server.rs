@@ -1,0 +1,91 @@
+//! Assembly: turns a `Config` into a running server (storage, seal, core, TLS, router) and
+//! keeps a sealed server trying to unseal itself, with capped back-off, instead of exiting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, SealConfig, StorageConfig, TlsSource};
+use crate::core::{Core, InitRequest, InitResult};
+use crate::error::Error;
+use crate::seal::{FileSeal, Seal};
+use crate::storage::sqlite::SqliteStorage;
+use crate::storage::Storage;
+
+pub const AUTO_UNSEAL_MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+pub struct Parts {
+    pub core: Arc<Core>,
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The CA file clients should trust (dev mode only).
+    pub dev_ca: Option<std::path::PathBuf>,
+}
+
+pub fn assemble(config: &Config) -> anyhow::Result<Parts> {
+    let storage: Arc<dyn Storage> = match &config.storage {
+        StorageConfig::Sqlite { path } => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                create_private_dir(dir)?;
+            }
+            Arc::new(SqliteStorage::open(path)?)
+        }
+    };
+    let seal: Arc<dyn Seal> = match &config.seal {
+        SealConfig::File { key_file } => {
+            let seal = FileSeal::new(key_file);
+            seal.ensure_key()?;
+            Arc::new(seal)
+        }
+    };
+    let (tls, dev_ca) = match &config.tls {
+        TlsSource::Files { cert, key } => (crate::tls::server_config(cert, key)?, None),
+        TlsSource::DevSelfSigned { dir } => {
+            create_private_dir(dir)?;
+            let paths = crate::tls::ensure_dev_certificate(dir)?;
+            (crate::tls::server_config(&paths.cert, &paths.key)?, Some(paths.ca))
+        }
+    };
+    Ok(Parts { core: Core::new(storage, seal, &config.cluster_name), tls, dev_ca })
+}
+
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Dev mode: initialise on first start (returning the secrets to print once), unseal after.
+pub async fn prepare_dev(core: &Core, root_token: Option<String>) -> anyhow::Result<Option<InitResult>> {
+    if core.seal_config().await?.is_some() {
+        core.unseal_with_seal().await?;
+        return Ok(None);
+    }
+    let request = InitRequest { recovery_shares: 1, recovery_threshold: 1, root_token, mount_secret_kv: true };
+    Ok(Some(core.initialize(request).await?))
+}
+
+/// Keeps trying to auto-unseal: right away, then with doubling back-off capped at a minute.
+/// An uninitialised cluster is polled until some replica initialises it.
+pub async fn auto_unseal(core: Arc<Core>) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match core.unseal_with_seal().await {
+            Ok(()) => return,
+            Err(Error::NotInitialized) => {
+                tracing::info!("not initialized yet: waiting for sys/init");
+                backoff = Duration::from_secs(5);
+            }
+            Err(error) => {
+                tracing::error!(seal = core.seal_kind(), %error, retry_in = ?backoff, "auto-unseal failed; staying sealed");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        if !core.is_sealed() {
+            return;
+        }
+        backoff = (backoff * 2).min(AUTO_UNSEAL_MAX_BACKOFF);
+    }
+}
