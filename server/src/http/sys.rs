@@ -23,6 +23,19 @@ pub async fn route(app: &App, req: &Req) -> Result<Reply> {
         }
         ("init", Operation::Write) => init(app, req).await,
         ("unseal", Operation::Write) => unseal(app, req).await,
+        // Every kinko replica serves reads and writes: there is no leader to point at.
+        ("leader", Operation::Read) => Ok(Reply::Raw(
+            StatusCode::OK,
+            json!({
+                "ha_enabled": false,
+                "is_self": true,
+                "active_time": "0001-01-01T00:00:00Z",
+                "leader_address": "",
+                "leader_cluster_address": "",
+                "performance_standby": false,
+                "performance_standby_last_remote_wal": 0,
+            }),
+        )),
         _ => {
             let unsealed = app.core.unsealed()?;
             route_unsealed(app, &unsealed, req, rest).await
