@@ -1,1 +1,200 @@
-//! placeholder
+//! End-to-end harness: starts the real `kinko` binary as a process on a free loopback port,
+//! learns its address from its first stdout line, and stops it by its own process id.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A binary of this workspace, built into the same target directory as the running test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not built: run ./scripts/test (it builds the binaries before the tests)", path.display());
+    path
+}
+
+/// A tool the test command installs (the OpenBao CLI): `$KINKO_TEST_TOOLS/<name>`, else `PATH`.
+pub fn tool(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("KINKO_TEST_TOOLS") {
+        let path = Path::new(&dir).join(name);
+        if path.exists() {
+            return path;
+        }
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.exists()))
+        .unwrap_or_else(|| panic!("{name} is not installed: run ./scripts/test, which installs it into target/tools"))
+}
+
+pub struct Kinko {
+    child: Child,
+    pub addr: String,
+    pub ca: PathBuf,
+    /// Everything the server printed to stdout before it was ready.
+    pub banner: Vec<String>,
+    stderr: PathBuf,
+}
+
+impl Kinko {
+    /// `kinko server --dev` in `data_dir` on a free port.
+    pub fn dev(data_dir: &Path, root_token: Option<&str>) -> Kinko {
+        let mut command = Command::new(binary("kinko"));
+        command.args(["server", "--dev", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        if let Some(token) = root_token {
+            command.env("KINKO_DEV_ROOT_TOKEN", token);
+        }
+        Kinko::spawn(command, data_dir, "export VAULT_ADDR", data_dir.join("ca.pem"))
+    }
+
+    /// `kinko server` configured only by the given `KINKO_*` variables.
+    pub fn production(vars: &[(&str, String)], ca: &Path, log_dir: &Path) -> Kinko {
+        let mut command = Command::new(binary("kinko"));
+        command.arg("server");
+        clear_kinko_env(&mut command);
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        Kinko::spawn(command, log_dir, "kinko listening on", ca.to_owned())
+    }
+
+    fn spawn(mut command: Command, log_dir: &Path, ready_line: &str, ca: PathBuf) -> Kinko {
+        let stderr = log_dir.join(format!("kinko-{}.stderr", std::process::id()));
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start kinko");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut banner = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.starts_with(ready_line);
+                    banner.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "kinko did not become ready within {STARTUP_TIMEOUT:?}; stdout {banner:?}; stderr:\n{}",
+                        std::fs::read_to_string(&stderr).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        let addr = banner
+            .iter()
+            .find_map(|l| l.strip_prefix("kinko listening on "))
+            .expect("address line")
+            .to_owned();
+        Kinko { child, addr, ca, banner, stderr }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn client(&self, token: Option<&str>) -> kinko_client::Client {
+        let mut builder = kinko_client::Client::builder(&self.addr).ca_pem(std::fs::read(&self.ca).expect("CA file"));
+        if let Some(token) = token {
+            builder = builder.token(token);
+        }
+        builder.build().expect("client")
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn banner_value(&self, prefix: &str) -> Option<String> {
+        self.banner.iter().find_map(|l| l.strip_prefix(prefix)).map(str::to_owned)
+    }
+
+    /// Sends SIGTERM to this process and waits (bounded) for it to exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("kinko did not exit within 40 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Kinko {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Removes inherited `KINKO_*` variables so a test sees only what it sets.
+pub fn clear_kinko_env(command: &mut Command) {
+    for (name, _) in std::env::vars() {
+        if name.starts_with("KINKO_") && name != "KINKO_TEST_TOOLS" {
+            command.env_remove(name);
+        }
+    }
+}
+
+/// A CA and a server certificate for 127.0.0.1 written into `dir` as ca.pem, tls.crt, tls.key.
+pub fn write_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let paths = (dir.join(format!("{name}-ca.pem")), dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// Polls `check` every 100 ms until it returns true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
