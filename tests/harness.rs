@@ -12,9 +12,16 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A binary of this workspace, built into the same target directory as the running test.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/..");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is not built: run ./scripts/test (it builds the binaries before the tests)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built: run ./scripts/test (it builds the binaries before the tests)",
+        path.display()
+    );
     path
 }
 
@@ -27,8 +34,16 @@ pub fn tool(name: &str) -> PathBuf {
         }
     }
     std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.exists()))
-        .unwrap_or_else(|| panic!("{name} is not installed: run ./scripts/test, which installs it into target/tools"))
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(name))
+                .find(|p| p.exists())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not installed: run ./scripts/test, which installs it into target/tools"
+            )
+        })
 }
 
 pub struct Kinko {
@@ -44,11 +59,18 @@ impl Kinko {
     /// `kinko server --dev` in `data_dir` on a free port.
     pub fn dev(data_dir: &Path, root_token: Option<&str>) -> Kinko {
         let mut command = Command::new(binary("kinko"));
-        command.args(["server", "--dev", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        command
+            .args(["server", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir);
         if let Some(token) = root_token {
             command.env("KINKO_DEV_ROOT_TOKEN", token);
         }
-        Kinko::spawn(command, data_dir, "export VAULT_ADDR", data_dir.join("ca.pem"))
+        Kinko::spawn(
+            command,
+            data_dir,
+            "export VAULT_ADDR",
+            data_dir.join("ca.pem"),
+        )
     }
 
     /// `kinko server` configured only by the given `KINKO_*` variables.
@@ -107,7 +129,13 @@ impl Kinko {
             .find_map(|l| l.strip_prefix("kinko listening on "))
             .expect("address line")
             .to_owned();
-        Kinko { child, addr, ca, banner, stderr }
+        Kinko {
+            child,
+            addr,
+            ca,
+            banner,
+            stderr,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -115,7 +143,8 @@ impl Kinko {
     }
 
     pub fn client(&self, token: Option<&str>) -> kinko_client::Client {
-        let mut builder = kinko_client::Client::builder(&self.addr).ca_pem(std::fs::read(&self.ca).expect("CA file"));
+        let mut builder = kinko_client::Client::builder(&self.addr)
+            .ca_pem(std::fs::read(&self.ca).expect("CA file"));
         if let Some(token) = token {
             builder = builder.token(token);
         }
@@ -127,7 +156,10 @@ impl Kinko {
     }
 
     pub fn banner_value(&self, prefix: &str) -> Option<String> {
-        self.banner.iter().find_map(|l| l.strip_prefix(prefix)).map(str::to_owned)
+        self.banner
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::to_owned)
     }
 
     /// Sends SIGTERM to this process and waits (bounded) for it to exit.
@@ -171,12 +203,19 @@ pub fn write_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) 
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let paths = (dir.join(format!("{name}-ca.pem")), dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let paths = (
+        dir.join(format!("{name}-ca.pem")),
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
     std::fs::write(&paths.0, ca.pem()).unwrap();
     std::fs::write(&paths.1, cert.pem()).unwrap();
     std::fs::write(&paths.2, key.serialize_pem()).unwrap();

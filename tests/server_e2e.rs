@@ -4,41 +4,77 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use kinko_client::Error;
 use kinko_client::{Client, Method};
 use kinko_e2e::{binary, clear_kinko_env, eventually, write_certificate, Kinko};
-use kinko_client::Error;
 use serde_json::{json, Map, Value};
 
-
 fn data(pairs: &[(&str, &str)]) -> Map<String, Value> {
-    pairs.iter().map(|(k, v)| (k.to_string(), json!(v))).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect()
 }
 
 #[tokio::test]
 async fn dev_server_serves_https_and_a_restart_keeps_secrets_and_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let server = Kinko::dev(dir.path(), Some("e2e-root-token"));
-    assert_eq!(server.banner_value("Root token: ").as_deref(), Some("e2e-root-token"));
+    assert_eq!(
+        server.banner_value("Root token: ").as_deref(),
+        Some("e2e-root-token")
+    );
     assert!(server.banner_value("Recovery key: ").is_some());
     assert!(server.addr.starts_with("https://127.0.0.1:"));
     let root = server.client(Some("e2e-root-token"));
     assert_eq!(root.health().await.unwrap(), 200);
-    root.kv_write("secret", "app/db", &data(&[("password", "pw-e2e")]), None).await.unwrap();
-    root.policy_write("app", r#"path "secret/data/app/*" { capabilities = ["read"] }"#).await.unwrap();
-    let app_token = root.token_create(&["app"], Some("1h")).await.unwrap().client_token;
+    root.kv_write("secret", "app/db", &data(&[("password", "pw-e2e")]), None)
+        .await
+        .unwrap();
+    root.policy_write(
+        "app",
+        r#"path "secret/data/app/*" { capabilities = ["read"] }"#,
+    )
+    .await
+    .unwrap();
+    let app_token = root
+        .token_create(&["app"], Some("1h"))
+        .await
+        .unwrap()
+        .client_token;
 
     let status = server.terminate();
     assert!(status.success(), "SIGTERM is a clean shutdown: {status:?}");
 
     let again = Kinko::dev(dir.path(), None);
-    assert!(again.banner.iter().any(|l| l.contains("printed at first start")), "{:?}", again.banner);
-    assert!(again.banner_value("Recovery key: ").is_none(), "secrets are printed only once");
+    assert!(
+        again
+            .banner
+            .iter()
+            .any(|l| l.contains("printed at first start")),
+        "{:?}",
+        again.banner
+    );
+    assert!(
+        again.banner_value("Recovery key: ").is_none(),
+        "secrets are printed only once"
+    );
     let app = again.client(Some(&app_token));
-    let secret = app.kv_read("secret", "app/db", None).await.unwrap().unwrap();
+    let secret = app
+        .kv_read("secret", "app/db", None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(secret.data["password"], "pw-e2e");
-    let denied = app.kv_write("secret", "app/db", &data(&[("password", "x")]), None).await.unwrap_err();
+    let denied = app
+        .kv_write("secret", "app/db", &data(&[("password", "x")]), None)
+        .await
+        .unwrap_err();
     assert_eq!(denied.status(), Some(403));
-    assert!(!again.stderr().contains("pw-e2e") && !again.stderr().contains(&app_token), "no secret in logs");
+    assert!(
+        !again.stderr().contains("pw-e2e") && !again.stderr().contains(&app_token),
+        "no secret in logs"
+    );
 }
 
 #[tokio::test]
@@ -47,7 +83,10 @@ async fn the_client_refuses_a_server_it_cannot_verify() {
     let server = Kinko::dev(dir.path(), Some("root-t"));
     let other = tempfile::tempdir().unwrap();
     let (other_ca, _, _) = write_certificate(other.path(), "stranger");
-    let client = Client::builder(&server.addr).ca_pem(std::fs::read(other_ca).unwrap()).build().unwrap();
+    let client = Client::builder(&server.addr)
+        .ca_pem(std::fs::read(other_ca).unwrap())
+        .build()
+        .unwrap();
     let error = client.health().await.unwrap_err();
     assert!(matches!(error, Error::Transport { .. }), "{error}");
 }
@@ -58,11 +97,18 @@ async fn plain_http_gets_no_answer() {
     let server = Kinko::dev(dir.path(), Some("root-t"));
     let port = server.addr.rsplit(':').next().unwrap();
     let mut stream = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    stream.write_all(b"GET /v1/sys/health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /v1/sys/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
-    assert!(!String::from_utf8_lossy(&answer).contains("initialized"), "no API answer over plain HTTP");
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("initialized"),
+        "no API answer over plain HTTP"
+    );
 }
 
 #[tokio::test]
@@ -70,8 +116,9 @@ async fn idle_connections_do_not_starve_clients() {
     let dir = tempfile::tempdir().unwrap();
     let server = Kinko::dev(dir.path(), Some("root-t"));
     let port = server.addr.rsplit(':').next().unwrap();
-    let idle: Vec<std::net::TcpStream> =
-        (0..200).map(|_| std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap()).collect();
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap())
+        .collect();
     let client = server.client(Some("root-t"));
     assert_eq!(client.health().await.unwrap(), 200);
     drop(idle);
@@ -82,7 +129,14 @@ fn production_form_names_the_missing_or_wrong_variable() {
     let cases: [(&[(&str, &str)], &str); 4] = [
         (&[], "KINKO_TLS_CERT_FILE"),
         (&[("KINKO_TLS_CERT_FILE", "/x.crt")], "KINKO_TLS_KEY_FILE"),
-        (&[("KINKO_TLS_CERT_FILE", "/x.crt"), ("KINKO_TLS_KEY_FILE", "/x.key"), ("KINKO_LISTEN_ADDR", "nowhere")], "KINKO_LISTEN_ADDR"),
+        (
+            &[
+                ("KINKO_TLS_CERT_FILE", "/x.crt"),
+                ("KINKO_TLS_KEY_FILE", "/x.key"),
+                ("KINKO_LISTEN_ADDR", "nowhere"),
+            ],
+            "KINKO_LISTEN_ADDR",
+        ),
         (
             &[
                 ("KINKO_TLS_CERT_FILE", "/x.crt"),
@@ -118,31 +172,65 @@ async fn production_form_initialises_once_and_auto_unseals_on_restart() {
         ("KINKO_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("KINKO_TLS_CERT_FILE", cert.display().to_string()),
         ("KINKO_TLS_KEY_FILE", key.display().to_string()),
-        ("KINKO_SQLITE_PATH", dir.path().join("data/kinko.db").display().to_string()),
-        ("KINKO_SEAL_KEY_FILE", dir.path().join("data/seal.key").display().to_string()),
+        (
+            "KINKO_SQLITE_PATH",
+            dir.path().join("data/kinko.db").display().to_string(),
+        ),
+        (
+            "KINKO_SEAL_KEY_FILE",
+            dir.path().join("data/seal.key").display().to_string(),
+        ),
         ("KINKO_CLUSTER_NAME", "e2e".to_owned()),
     ];
     let server = Kinko::production(&vars, &ca, dir.path());
     let anonymous = server.client(None);
     assert_eq!(anonymous.health().await.unwrap(), 501, "not initialised");
     let init = anonymous
-        .request(Method::PUT, "sys/init", Some(&json!({ "recovery_shares": 3, "recovery_threshold": 2 })))
+        .request(
+            Method::PUT,
+            "sys/init",
+            Some(&json!({ "recovery_shares": 3, "recovery_threshold": 2 })),
+        )
         .await
         .unwrap()
         .unwrap();
     let root_token = init["root_token"].as_str().unwrap().to_owned();
     assert_eq!(init["recovery_keys"].as_array().unwrap().len(), 3);
     let root = server.client(Some(&root_token));
-    root.request(Method::POST, "sys/mounts/secret", Some(&json!({ "type": "kv-v2" }))).await.unwrap();
-    root.kv_write("secret", "db", &data(&[("password", "prod-pw")]), None).await.unwrap();
+    root.request(
+        Method::POST,
+        "sys/mounts/secret",
+        Some(&json!({ "type": "kv-v2" })),
+    )
+    .await
+    .unwrap();
+    root.kv_write("secret", "db", &data(&[("password", "prod-pw")]), None)
+        .await
+        .unwrap();
     assert!(server.terminate().success());
 
     let restarted = Kinko::production(&vars, &ca, dir.path());
     let client = restarted.client(Some(&root_token));
-    assert!(eventually(Duration::from_secs(10), || async { client.health().await.ok() == Some(200) }).await);
-    assert_eq!(client.kv_read("secret", "db", None).await.unwrap().unwrap().data["password"], "prod-pw");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            client.health().await.ok() == Some(200)
+        })
+        .await
+    );
+    assert_eq!(
+        client
+            .kv_read("secret", "db", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .data["password"],
+        "prod-pw"
+    );
     assert_eq!(client.seal_status().await.unwrap()["cluster_name"], "e2e");
-    let again = client.request(Method::PUT, "sys/init", Some(&json!({}))).await.unwrap_err();
+    let again = client
+        .request(Method::PUT, "sys/init", Some(&json!({})))
+        .await
+        .unwrap_err();
     assert_eq!(again.status(), Some(400));
 }
 
@@ -154,19 +242,37 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         ("KINKO_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("KINKO_TLS_CERT_FILE", cert.display().to_string()),
         ("KINKO_TLS_KEY_FILE", key.display().to_string()),
-        ("KINKO_SQLITE_PATH", dir.path().join("kinko.db").display().to_string()),
-        ("KINKO_SEAL_KEY_FILE", dir.path().join("seal.key").display().to_string()),
+        (
+            "KINKO_SQLITE_PATH",
+            dir.path().join("kinko.db").display().to_string(),
+        ),
+        (
+            "KINKO_SEAL_KEY_FILE",
+            dir.path().join("seal.key").display().to_string(),
+        ),
     ];
     let server = Kinko::production(&vars, &ca, dir.path());
     assert_eq!(server.client(None).health().await.unwrap(), 501);
     let (second_ca, second_cert, second_key) = write_certificate(dir.path(), "second");
     std::fs::copy(&second_key, &key).unwrap();
     std::fs::copy(&second_cert, &cert).unwrap();
-    let renewed = Client::builder(&server.addr).ca_pem(std::fs::read(&second_ca).unwrap()).build().unwrap();
+    let renewed = Client::builder(&server.addr)
+        .ca_pem(std::fs::read(&second_ca).unwrap())
+        .build()
+        .unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || async { renewed.health().await.ok() == Some(501) }).await,
+        eventually(Duration::from_secs(10), || async {
+            renewed.health().await.ok() == Some(501)
+        })
+        .await,
         "the new certificate is served"
     );
-    let old = Client::builder(&server.addr).ca_pem(std::fs::read(&ca).unwrap()).build().unwrap();
-    assert!(old.health().await.is_err(), "the old certificate is no longer served");
+    let old = Client::builder(&server.addr)
+        .ca_pem(std::fs::read(&ca).unwrap())
+        .build()
+        .unwrap();
+    assert!(
+        old.health().await.is_err(),
+        "the old certificate is no longer served"
+    );
 }

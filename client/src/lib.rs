@@ -12,7 +12,12 @@ use serde_json::{json, Map, Value};
 pub enum Error {
     /// The server answered with an error status; `errors` are its messages.
     #[error("{method} {path}: HTTP {status}{}", if errors.is_empty() { String::new() } else { format!(": {}", errors.join("; ")) })]
-    Api { method: String, path: String, status: u16, errors: Vec<String> },
+    Api {
+        method: String,
+        path: String,
+        status: u16,
+        errors: Vec<String>,
+    },
     #[error("cannot reach the kinko server at {addr}: {reason}")]
     Transport { addr: String, reason: String },
     #[error("invalid CA certificate: {0}")]
@@ -116,8 +121,15 @@ impl ClientBuilder {
             .https_only(true)
             .timeout(self.timeout)
             .build()
-            .map_err(|e| Error::Transport { addr: self.addr.clone(), reason: e.to_string() })?;
-        Ok(Client { http, addr: self.addr.trim_end_matches('/').to_owned(), token: self.token })
+            .map_err(|e| Error::Transport {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Client {
+            http,
+            addr: self.addr.trim_end_matches('/').to_owned(),
+            token: self.token,
+        })
     }
 }
 
@@ -130,7 +142,10 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("addr", &self.addr).field("token", &self.token.as_ref().map(|_| "[REDACTED]")).finish()
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .finish()
     }
 }
 
@@ -138,9 +153,18 @@ fn api_error(method: &str, path: &str, status: StatusCode, body: Option<Value>) 
     let errors = body
         .as_ref()
         .and_then(|v| v["errors"].as_array())
-        .map(|a| a.iter().filter_map(|e| e.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
-    Error::Api { method: method.to_owned(), path: path.to_owned(), status: status.as_u16(), errors }
+    Error::Api {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        status: status.as_u16(),
+        errors,
+    }
 }
 
 /// Percent-encodes each segment of a logical path, keeping the `/` separators.
@@ -150,7 +174,9 @@ fn encode_path(path: &str) -> String {
             segment
                 .bytes()
                 .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
                     other => format!("%{other:02X}"),
                 })
                 .collect::<String>()
@@ -161,7 +187,12 @@ fn encode_path(path: &str) -> String {
 
 impl Client {
     pub fn builder(addr: impl Into<String>) -> ClientBuilder {
-        ClientBuilder { addr: addr.into(), ca_pem: None, token: None, timeout: Duration::from_secs(30) }
+        ClientBuilder {
+            addr: addr.into(),
+            ca_pem: None,
+            token: None,
+            timeout: Duration::from_secs(30),
+        }
     }
 
     pub fn address(&self) -> &str {
@@ -170,11 +201,19 @@ impl Client {
 
     /// The same client acting with another token.
     pub fn with_token(&self, token: impl Into<String>) -> Client {
-        Client { token: Some(token.into()), ..self.clone() }
+        Client {
+            token: Some(token.into()),
+            ..self.clone()
+        }
     }
 
     /// Sends one request to `/v1/<path>`; `Ok(None)` for 204.
-    pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Option<Value>> {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>> {
         match self.raw(method.clone(), path, body).await? {
             (status, value) if status.is_success() => Ok(value),
             (status, value) => Err(api_error(method.as_str(), path, status, value)),
@@ -182,7 +221,12 @@ impl Client {
     }
 
     /// Sends one request and returns the status and body whatever the status.
-    pub async fn raw(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(StatusCode, Option<Value>)> {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Option<Value>)> {
         self.send(method, path, &[], body).await
     }
 
@@ -203,15 +247,21 @@ impl Client {
         }
         let response = request.send().await.map_err(|e| Error::Transport {
             addr: self.addr.clone(),
-            reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| format!("{e}: {s}")),
+            reason: std::error::Error::source(&e)
+                .map_or_else(|| e.to_string(), |s| format!("{e}: {s}")),
         })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| Error::Transport { addr: self.addr.clone(), reason: e.to_string() })?;
+        let bytes = response.bytes().await.map_err(|e| Error::Transport {
+            addr: self.addr.clone(),
+            reason: e.to_string(),
+        })?;
         if bytes.is_empty() {
             return Ok((status, None));
         }
-        let value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Decode { path: path.to_owned(), reason: format!("body is not JSON: {e}") })?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
+            path: path.to_owned(),
+            reason: format!("body is not JSON: {e}"),
+        })?;
         Ok((status, Some(value)))
     }
 
@@ -220,39 +270,82 @@ impl Client {
     }
 
     pub async fn seal_status(&self) -> Result<Value> {
-        self.request(Method::GET, "sys/seal-status", None).await.map(Option::unwrap_or_default)
+        self.request(Method::GET, "sys/seal-status", None)
+            .await
+            .map(Option::unwrap_or_default)
     }
 
     /// Reads a KV v2 secret; `Ok(None)` when there is no live version (missing or deleted).
-    pub async fn kv_read(&self, mount: &str, path: &str, version: Option<u64>) -> Result<Option<KvSecret>> {
-        let full = format!("{}/data/{}", mount.trim_matches('/'), path.trim_matches('/'));
-        let query: Vec<(&str, String)> = version.map(|v| ("version", v.to_string())).into_iter().collect();
+    pub async fn kv_read(
+        &self,
+        mount: &str,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<Option<KvSecret>> {
+        let full = format!(
+            "{}/data/{}",
+            mount.trim_matches('/'),
+            path.trim_matches('/')
+        );
+        let query: Vec<(&str, String)> = version
+            .map(|v| ("version", v.to_string()))
+            .into_iter()
+            .collect();
         let answer = match self.send(Method::GET, &full, &query, None).await? {
             (StatusCode::NOT_FOUND, _) => return Ok(None),
-            (status, body) if !status.is_success() => return Err(api_error("GET", &full, status, body)),
+            (status, body) if !status.is_success() => {
+                return Err(api_error("GET", &full, status, body))
+            }
             (_, body) => body.unwrap_or_default(),
         };
         let data = answer["data"]["data"]
             .as_object()
             .cloned()
-            .ok_or_else(|| Error::Decode { path: full.clone(), reason: "no data.data object".into() })?;
+            .ok_or_else(|| Error::Decode {
+                path: full.clone(),
+                reason: "no data.data object".into(),
+            })?;
         let version = answer["data"]["metadata"]["version"].as_u64().unwrap_or(0);
         Ok(Some(KvSecret { data, version }))
     }
 
     /// Writes a KV v2 secret, with optional check-and-set; returns the new version.
-    pub async fn kv_write(&self, mount: &str, path: &str, data: &Map<String, Value>, cas: Option<u64>) -> Result<u64> {
+    pub async fn kv_write(
+        &self,
+        mount: &str,
+        path: &str,
+        data: &Map<String, Value>,
+        cas: Option<u64>,
+    ) -> Result<u64> {
         let mut body = json!({ "data": data });
         if let Some(cas) = cas {
             body["options"] = json!({ "cas": cas });
         }
-        let full = format!("{}/data/{}", mount.trim_matches('/'), path.trim_matches('/'));
-        let answer = self.request(Method::POST, &full, Some(&body)).await?.unwrap_or_default();
-        answer["data"]["version"].as_u64().ok_or_else(|| Error::Decode { path: full, reason: "no data.version".into() })
+        let full = format!(
+            "{}/data/{}",
+            mount.trim_matches('/'),
+            path.trim_matches('/')
+        );
+        let answer = self
+            .request(Method::POST, &full, Some(&body))
+            .await?
+            .unwrap_or_default();
+        answer["data"]["version"]
+            .as_u64()
+            .ok_or_else(|| Error::Decode {
+                path: full,
+                reason: "no data.version".into(),
+            })
     }
 
     pub async fn policy_write(&self, name: &str, policy: &str) -> Result<()> {
-        self.request(Method::PUT, &format!("sys/policies/acl/{name}"), Some(&json!({ "policy": policy }))).await.map(drop)
+        self.request(
+            Method::PUT,
+            &format!("sys/policies/acl/{name}"),
+            Some(&json!({ "policy": policy })),
+        )
+        .await
+        .map(drop)
     }
 
     /// Creates a child token; `ttl` in Vault duration syntax (`"1h"`).
@@ -261,13 +354,21 @@ impl Client {
         if let Some(ttl) = ttl {
             body["ttl"] = json!(ttl);
         }
-        let answer = self.request(Method::POST, "auth/token/create", Some(&body)).await?.unwrap_or_default();
-        serde_json::from_value(answer["auth"].clone())
-            .map_err(|e| Error::Decode { path: "auth/token/create".into(), reason: e.to_string() })
+        let answer = self
+            .request(Method::POST, "auth/token/create", Some(&body))
+            .await?
+            .unwrap_or_default();
+        serde_json::from_value(answer["auth"].clone()).map_err(|e| Error::Decode {
+            path: "auth/token/create".into(),
+            reason: e.to_string(),
+        })
     }
 
     pub async fn lookup_self(&self) -> Result<Value> {
-        let answer = self.request(Method::GET, "auth/token/lookup-self", None).await?.unwrap_or_default();
+        let answer = self
+            .request(Method::GET, "auth/token/lookup-self", None)
+            .await?
+            .unwrap_or_default();
         Ok(answer["data"].clone())
     }
 }
@@ -278,19 +379,28 @@ mod tests {
 
     #[test]
     fn paths_are_encoded_per_segment() {
-        assert_eq!(encode_path("secret/data/app db/ü"), "secret/data/app%20db/%C3%BC");
+        assert_eq!(
+            encode_path("secret/data/app db/ü"),
+            "secret/data/app%20db/%C3%BC"
+        );
         assert_eq!(encode_path("a/b"), "a/b");
     }
 
     #[test]
     fn debug_output_hides_tokens() {
-        let client = Client::builder("https://127.0.0.1:1").token("kks.secret-value").build().unwrap();
+        let client = Client::builder("https://127.0.0.1:1")
+            .token("kks.secret-value")
+            .build()
+            .unwrap();
         assert!(!format!("{client:?}").contains("secret-value"));
     }
 
     #[test]
     fn a_bad_ca_is_a_clear_error() {
-        let error = Client::builder("https://x").ca_pem("not a pem").build().unwrap_err();
+        let error = Client::builder("https://x")
+            .ca_pem("not a pem")
+            .build()
+            .unwrap_err();
         assert!(matches!(error, Error::Ca(_)));
     }
 }

@@ -55,7 +55,13 @@ pub fn seal_with_key(key: &Key256, term: u32, aad: &[u8], plaintext: &[u8]) -> V
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let ciphertext = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .expect("AES-GCM encryption of an in-memory buffer cannot fail");
     let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
     out.extend_from_slice(&term.to_be_bytes());
@@ -73,14 +79,22 @@ pub fn term_of(blob: &[u8]) -> Result<u32, BarrierError> {
     if blob[4] != FORMAT_VERSION {
         return Err(BarrierError::UnknownVersion(blob[4]));
     }
-    Ok(u32::from_be_bytes(blob[..4].try_into().expect("length checked")))
+    Ok(u32::from_be_bytes(
+        blob[..4].try_into().expect("length checked"),
+    ))
 }
 
 pub fn open_with_key(key: &Key256, aad: &[u8], blob: &[u8]) -> Result<SecretBytes, BarrierError> {
     term_of(blob)?;
     let cipher = Aes256Gcm::new(key.expose().into());
     cipher
-        .decrypt(Nonce::from_slice(&blob[5..HEADER_LEN]), Payload { msg: &blob[HEADER_LEN..], aad })
+        .decrypt(
+            Nonce::from_slice(&blob[5..HEADER_LEN]),
+            Payload {
+                msg: &blob[HEADER_LEN..],
+                aad,
+            },
+        )
         .map(SecretBytes::new)
         .map_err(|_| BarrierError::Tampered)
 }
@@ -116,8 +130,22 @@ impl Keyring {
     /// A fresh keyring with one term and no block reserved.
     pub fn new(cluster_id: &str, now: i64) -> Self {
         let mut terms = BTreeMap::new();
-        terms.insert(1, Term { number: 1, key: Key256::generate(), install_time: now, reserved: 0 });
-        Keyring { cluster_id: cluster_id.to_owned(), terms, active: 1, block_next: AtomicU64::new(0), block_end: 0 }
+        terms.insert(
+            1,
+            Term {
+                number: 1,
+                key: Key256::generate(),
+                install_time: now,
+                reserved: 0,
+            },
+        );
+        Keyring {
+            cluster_id: cluster_id.to_owned(),
+            terms,
+            active: 1,
+            block_next: AtomicU64::new(0),
+            block_end: 0,
+        }
     }
 
     pub fn active_term(&self) -> &Term {
@@ -133,12 +161,20 @@ impl Keyring {
             return Err(BarrierError::BlockSpent);
         }
         let term = self.active_term();
-        Ok(seal_with_key(&term.key, term.number, &associated_data(&self.cluster_id, path), plaintext))
+        Ok(seal_with_key(
+            &term.key,
+            term.number,
+            &associated_data(&self.cluster_id, path),
+            plaintext,
+        ))
     }
 
     pub fn decrypt(&self, path: &str, blob: &[u8]) -> Result<SecretBytes, BarrierError> {
         let term_number = term_of(blob)?;
-        let term = self.terms.get(&term_number).ok_or(BarrierError::UnknownTerm(term_number))?;
+        let term = self
+            .terms
+            .get(&term_number)
+            .ok_or(BarrierError::UnknownTerm(term_number))?;
         open_with_key(&term.key, &associated_data(&self.cluster_id, path), blob)
     }
 
@@ -150,7 +186,10 @@ impl Keyring {
         if next.active_term().reserved + BLOCK_SIZE > ROTATE_AT {
             next.push_term(now);
         }
-        let term = next.terms.get_mut(&next.active).expect("active term exists");
+        let term = next
+            .terms
+            .get_mut(&next.active)
+            .expect("active term exists");
         term.reserved += BLOCK_SIZE;
         next.block_next = AtomicU64::new(0);
         next.block_end = BLOCK_SIZE;
@@ -166,7 +205,15 @@ impl Keyring {
 
     fn push_term(&mut self, now: i64) {
         let number = self.active + 1;
-        self.terms.insert(number, Term { number, key: Key256::generate(), install_time: now, reserved: 0 });
+        self.terms.insert(
+            number,
+            Term {
+                number,
+                key: Key256::generate(),
+                install_time: now,
+                reserved: 0,
+            },
+        );
         self.active = number;
         self.block_next = AtomicU64::new(0);
         self.block_end = 0;
@@ -177,7 +224,15 @@ impl Keyring {
             .terms
             .iter()
             .map(|(&n, t)| {
-                (n, Term { number: n, key: t.key.duplicate(), install_time: t.install_time, reserved: t.reserved })
+                (
+                    n,
+                    Term {
+                        number: n,
+                        key: t.key.duplicate(),
+                        install_time: t.install_time,
+                        reserved: t.reserved,
+                    },
+                )
             })
             .collect();
         Keyring {
@@ -206,10 +261,22 @@ impl Keyring {
     /// Restores a stored keyring; the replica holds no block until it reserves one.
     pub fn from_bytes(cluster_id: &str, bytes: &[u8]) -> Result<Keyring, BarrierError> {
         let read_u32 = |at: usize| -> Result<u32, BarrierError> {
-            Ok(u32::from_be_bytes(bytes.get(at..at + 4).ok_or(BarrierError::MalformedKeyring)?.try_into().unwrap()))
+            Ok(u32::from_be_bytes(
+                bytes
+                    .get(at..at + 4)
+                    .ok_or(BarrierError::MalformedKeyring)?
+                    .try_into()
+                    .unwrap(),
+            ))
         };
         let read_u64 = |at: usize| -> Result<u64, BarrierError> {
-            Ok(u64::from_be_bytes(bytes.get(at..at + 8).ok_or(BarrierError::MalformedKeyring)?.try_into().unwrap()))
+            Ok(u64::from_be_bytes(
+                bytes
+                    .get(at..at + 8)
+                    .ok_or(BarrierError::MalformedKeyring)?
+                    .try_into()
+                    .unwrap(),
+            ))
         };
         let active = read_u32(0)?;
         let count = read_u32(4)? as usize;
@@ -222,13 +289,28 @@ impl Keyring {
             let number = read_u32(at)?;
             let install_time = read_u64(at + 4)? as i64;
             let reserved = read_u64(at + 12)?;
-            let key = Key256::from_slice(&bytes[at + 20..at + 52]).ok_or(BarrierError::MalformedKeyring)?;
-            terms.insert(number, Term { number, key, install_time, reserved });
+            let key = Key256::from_slice(&bytes[at + 20..at + 52])
+                .ok_or(BarrierError::MalformedKeyring)?;
+            terms.insert(
+                number,
+                Term {
+                    number,
+                    key,
+                    install_time,
+                    reserved,
+                },
+            );
         }
         if !terms.contains_key(&active) {
             return Err(BarrierError::MalformedKeyring);
         }
-        Ok(Keyring { cluster_id: cluster_id.to_owned(), terms, active, block_next: AtomicU64::new(0), block_end: 0 })
+        Ok(Keyring {
+            cluster_id: cluster_id.to_owned(),
+            terms,
+            active,
+            block_next: AtomicU64::new(0),
+            block_end: 0,
+        })
     }
 }
 
@@ -247,7 +329,10 @@ mod tests {
         assert_eq!(term_of(&blob).unwrap(), 1);
         assert_eq!(blob[4], FORMAT_VERSION);
         assert_eq!(blob.len(), HEADER_LEN + 5 + TAG_LEN);
-        assert_eq!(ring.decrypt("logical/x/a", &blob).unwrap().expose(), b"value");
+        assert_eq!(
+            ring.decrypt("logical/x/a", &blob).unwrap().expose(),
+            b"value"
+        );
     }
 
     #[test]
@@ -262,9 +347,15 @@ mod tests {
     fn value_moved_to_another_path_or_cluster_fails() {
         let ring = ready_keyring();
         let blob = ring.encrypt("logical/x/a", b"value").unwrap();
-        assert_eq!(ring.decrypt("logical/x/b", &blob), Err(BarrierError::Tampered));
+        assert_eq!(
+            ring.decrypt("logical/x/b", &blob),
+            Err(BarrierError::Tampered)
+        );
         let other = Keyring::from_bytes("cluster-b", ring.to_bytes().expose()).unwrap();
-        assert_eq!(other.decrypt("logical/x/a", &blob), Err(BarrierError::Tampered));
+        assert_eq!(
+            other.decrypt("logical/x/a", &blob),
+            Err(BarrierError::Tampered)
+        );
     }
 
     #[test]
@@ -274,16 +365,29 @@ mod tests {
         for i in 5..blob.len() {
             let mut bad = blob.clone();
             bad[i] ^= 0x01;
-            assert_eq!(ring.decrypt("p", &bad), Err(BarrierError::Tampered), "flip at byte {i}");
+            assert_eq!(
+                ring.decrypt("p", &bad),
+                Err(BarrierError::Tampered),
+                "flip at byte {i}"
+            );
         }
-        assert_eq!(ring.decrypt("p", &blob[..blob.len() - 1]), Err(BarrierError::Tampered));
+        assert_eq!(
+            ring.decrypt("p", &blob[..blob.len() - 1]),
+            Err(BarrierError::Tampered)
+        );
         assert_eq!(ring.decrypt("p", &blob[..10]), Err(BarrierError::Truncated));
         let mut unknown_term = blob.clone();
         unknown_term[..4].copy_from_slice(&9u32.to_be_bytes());
-        assert_eq!(ring.decrypt("p", &unknown_term), Err(BarrierError::UnknownTerm(9)));
+        assert_eq!(
+            ring.decrypt("p", &unknown_term),
+            Err(BarrierError::UnknownTerm(9))
+        );
         let mut unknown_version = blob.clone();
         unknown_version[4] = 7;
-        assert_eq!(ring.decrypt("p", &unknown_version), Err(BarrierError::UnknownVersion(7)));
+        assert_eq!(
+            ring.decrypt("p", &unknown_version),
+            Err(BarrierError::UnknownVersion(7))
+        );
     }
 
     #[test]
@@ -327,6 +431,9 @@ mod tests {
         assert_eq!(back.terms.len(), 2);
         assert_eq!(back.terms[&2].install_time, 9);
         assert_eq!(back.terms[&2].reserved, BLOCK_SIZE);
-        assert_eq!(Keyring::from_bytes("c", &bytes.expose()[..20]).unwrap_err(), BarrierError::MalformedKeyring);
+        assert_eq!(
+            Keyring::from_bytes("c", &bytes.expose()[..20]).unwrap_err(),
+            BarrierError::MalformedKeyring
+        );
     }
 }

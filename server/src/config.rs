@@ -10,9 +10,14 @@ use crate::http::DEFAULT_MAX_BODY_BYTES;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSource {
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
     /// Dev mode: a CA and certificate generated into the data dir.
-    DevSelfSigned { dir: PathBuf },
+    DevSelfSigned {
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +48,10 @@ pub struct ConfigError {
 }
 
 fn error(variable: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError { variable, problem: problem.into() }
+    ConfigError {
+        variable,
+        problem: problem.into(),
+    }
 }
 
 /// Every variable arrives as text; the typed parsing below says which one is wrong and why.
@@ -72,9 +80,20 @@ const KNOWN: [&str; 9] = [
     "MAX_REQUEST_BYTES",
 ];
 /// Read by other kinko programs (envrun, the CLI) or by logging; not server settings.
-const OTHERS: [&str; 6] = ["LOG", "ADDR", "TOKEN", "CACERT", "DEV_ROOT_TOKEN", "TEST_TOOLS"];
+const OTHERS: [&str; 6] = [
+    "LOG",
+    "ADDR",
+    "TOKEN",
+    "CACERT",
+    "DEV_ROOT_TOKEN",
+    "TEST_TOOLS",
+];
 
-fn required_path(value: Option<String>, variable: &'static str, what: &str) -> Result<PathBuf, ConfigError> {
+fn required_path(
+    value: Option<String>,
+    variable: &'static str,
+    what: &str,
+) -> Result<PathBuf, ConfigError> {
     match value {
         Some(v) if !v.trim().is_empty() => Ok(PathBuf::from(v)),
         _ => Err(error(variable, format!("is not set: expected {what}"))),
@@ -86,8 +105,13 @@ impl Config {
         Config::from_vars(std::env::vars())
     }
 
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let vars: Vec<(String, String)> = vars.into_iter().filter(|(k, _)| k.starts_with("KINKO_")).collect();
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("KINKO_"))
+            .collect();
         for (name, _) in &vars {
             let short = &name["KINKO_".len()..];
             if !KNOWN.contains(&short) && !OTHERS.contains(&short) {
@@ -100,29 +124,64 @@ impl Config {
 
         let listen = match raw.listen_addr.as_deref() {
             None | Some("") => SocketAddr::from(([127, 0, 0, 1], 8200)),
-            Some(text) => text
-                .parse()
-                .map_err(|_| error("KINKO_LISTEN_ADDR", format!("expected IP:PORT such as 0.0.0.0:8200, got {text:?}")))?,
+            Some(text) => text.parse().map_err(|_| {
+                error(
+                    "KINKO_LISTEN_ADDR",
+                    format!("expected IP:PORT such as 0.0.0.0:8200, got {text:?}"),
+                )
+            })?,
         };
         let tls = TlsSource::Files {
-            cert: required_path(raw.tls_cert_file, "KINKO_TLS_CERT_FILE", "the path of the server certificate chain (PEM)")?,
-            key: required_path(raw.tls_key_file, "KINKO_TLS_KEY_FILE", "the path of the server private key (PEM)")?,
+            cert: required_path(
+                raw.tls_cert_file,
+                "KINKO_TLS_CERT_FILE",
+                "the path of the server certificate chain (PEM)",
+            )?,
+            key: required_path(
+                raw.tls_key_file,
+                "KINKO_TLS_KEY_FILE",
+                "the path of the server private key (PEM)",
+            )?,
         };
         let storage = match raw.storage.as_deref().unwrap_or("sqlite") {
             "sqlite" => StorageConfig::Sqlite {
-                path: required_path(raw.sqlite_path, "KINKO_SQLITE_PATH", "the path of the SQLite database file")?,
+                path: required_path(
+                    raw.sqlite_path,
+                    "KINKO_SQLITE_PATH",
+                    "the path of the SQLite database file",
+                )?,
             },
-            other => return Err(error("KINKO_STORAGE", format!("expected one of: sqlite; got {other:?}"))),
+            other => {
+                return Err(error(
+                    "KINKO_STORAGE",
+                    format!("expected one of: sqlite; got {other:?}"),
+                ))
+            }
         };
         let seal = match raw.seal.as_deref().unwrap_or("file") {
             "file" => SealConfig::File {
-                key_file: required_path(raw.seal_key_file, "KINKO_SEAL_KEY_FILE", "the path of the seal key file")?,
+                key_file: required_path(
+                    raw.seal_key_file,
+                    "KINKO_SEAL_KEY_FILE",
+                    "the path of the seal key file",
+                )?,
             },
-            other => return Err(error("KINKO_SEAL", format!("expected one of: file; got {other:?}"))),
+            other => {
+                return Err(error(
+                    "KINKO_SEAL",
+                    format!("expected one of: file; got {other:?}"),
+                ))
+            }
         };
-        let cluster_name = raw.cluster_name.filter(|n| !n.is_empty()).unwrap_or_else(|| "kinko".into());
+        let cluster_name = raw
+            .cluster_name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "kinko".into());
         if cluster_name.len() > 128 || cluster_name.chars().any(char::is_control) {
-            return Err(error("KINKO_CLUSTER_NAME", "expected at most 128 printable characters"));
+            return Err(error(
+                "KINKO_CLUSTER_NAME",
+                "expected at most 128 printable characters",
+            ));
         }
         let max_request_bytes = match raw.max_request_bytes.as_deref() {
             None | Some("") => DEFAULT_MAX_BODY_BYTES,
@@ -130,18 +189,36 @@ impl Config {
                 .parse::<usize>()
                 .ok()
                 .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
-                .ok_or_else(|| error("KINKO_MAX_REQUEST_BYTES", format!("expected a byte count from 1024 to 67108864, got {text:?}")))?,
+                .ok_or_else(|| {
+                    error(
+                        "KINKO_MAX_REQUEST_BYTES",
+                        format!("expected a byte count from 1024 to 67108864, got {text:?}"),
+                    )
+                })?,
         };
-        Ok(Config { listen, tls, storage, seal, cluster_name, max_request_bytes })
+        Ok(Config {
+            listen,
+            tls,
+            storage,
+            seal,
+            cluster_name,
+            max_request_bytes,
+        })
     }
 
     /// `kinko server --dev`: everything inside one data directory.
     pub fn dev(data_dir: PathBuf, listen: SocketAddr) -> Config {
         Config {
             listen,
-            tls: TlsSource::DevSelfSigned { dir: data_dir.clone() },
-            storage: StorageConfig::Sqlite { path: data_dir.join("kinko.db") },
-            seal: SealConfig::File { key_file: data_dir.join("seal.key") },
+            tls: TlsSource::DevSelfSigned {
+                dir: data_dir.clone(),
+            },
+            storage: StorageConfig::Sqlite {
+                path: data_dir.join("kinko.db"),
+            },
+            seal: SealConfig::File {
+                key_file: data_dir.join("seal.key"),
+            },
             cluster_name: "kinko-dev".into(),
             max_request_bytes: DEFAULT_MAX_BODY_BYTES,
         }
@@ -153,7 +230,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     const MINIMAL: [(&str, &str); 4] = [
@@ -167,7 +247,12 @@ mod tests {
     fn minimal_configuration_with_defaults() {
         let config = Config::from_vars(vars(&MINIMAL)).unwrap();
         assert_eq!(config.listen, "127.0.0.1:8200".parse().unwrap());
-        assert_eq!(config.storage, StorageConfig::Sqlite { path: "/var/lib/kinko/kinko.db".into() });
+        assert_eq!(
+            config.storage,
+            StorageConfig::Sqlite {
+                path: "/var/lib/kinko/kinko.db".into()
+            }
+        );
         assert_eq!(config.cluster_name, "kinko");
         assert_eq!(config.max_request_bytes, DEFAULT_MAX_BODY_BYTES);
     }
@@ -175,9 +260,17 @@ mod tests {
     #[test]
     fn each_error_names_its_variable() {
         let without = |name: &str| -> Vec<(String, String)> {
-            vars(&MINIMAL).into_iter().filter(|(k, _)| k != name).collect()
+            vars(&MINIMAL)
+                .into_iter()
+                .filter(|(k, _)| k != name)
+                .collect()
         };
-        for name in ["KINKO_TLS_CERT_FILE", "KINKO_TLS_KEY_FILE", "KINKO_SQLITE_PATH", "KINKO_SEAL_KEY_FILE"] {
+        for name in [
+            "KINKO_TLS_CERT_FILE",
+            "KINKO_TLS_KEY_FILE",
+            "KINKO_SQLITE_PATH",
+            "KINKO_SEAL_KEY_FILE",
+        ] {
             let err = Config::from_vars(without(name)).unwrap_err();
             assert_eq!(err.variable, name);
             assert!(err.to_string().starts_with(name) && err.to_string().contains("is not set"));
@@ -187,10 +280,18 @@ mod tests {
             all.push((extra.0.into(), extra.1.into()));
             Config::from_vars(all).unwrap_err()
         };
-        assert_eq!(with(("KINKO_LISTEN_ADDR", "localhost")).variable, "KINKO_LISTEN_ADDR");
+        assert_eq!(
+            with(("KINKO_LISTEN_ADDR", "localhost")).variable,
+            "KINKO_LISTEN_ADDR"
+        );
         assert_eq!(with(("KINKO_STORAGE", "etcd")).variable, "KINKO_STORAGE");
         assert_eq!(with(("KINKO_SEAL", "shamir")).variable, "KINKO_SEAL");
-        assert_eq!(with(("KINKO_MAX_REQUEST_BYTES", "-1")).variable, "KINKO_MAX_REQUEST_BYTES");
-        assert!(with(("KINKO_STORAGE", "etcd")).to_string().contains("sqlite"));
+        assert_eq!(
+            with(("KINKO_MAX_REQUEST_BYTES", "-1")).variable,
+            "KINKO_MAX_REQUEST_BYTES"
+        );
+        assert!(with(("KINKO_STORAGE", "etcd"))
+            .to_string()
+            .contains("sqlite"));
     }
 }

@@ -119,7 +119,11 @@ impl Core {
 
     /// The unsealed state, or `Error::Sealed`.
     pub fn unsealed(&self) -> Result<Arc<Unsealed>> {
-        self.state.read().expect("state lock poisoned").clone().ok_or(Error::Sealed)
+        self.state
+            .read()
+            .expect("state lock poisoned")
+            .clone()
+            .ok_or(Error::Sealed)
     }
 
     pub fn is_sealed(&self) -> bool {
@@ -131,7 +135,9 @@ impl Core {
         if request.recovery_threshold > request.recovery_shares
             || (request.recovery_shares > 0 && request.recovery_threshold == 0)
         {
-            return Err(Error::bad_request("recovery_threshold must be between 1 and recovery_shares"));
+            return Err(Error::bad_request(
+                "recovery_threshold must be between 1 and recovery_shares",
+            ));
         }
         if self.seal_config().await?.is_some() {
             return Err(Error::AlreadyInitialized);
@@ -142,11 +148,15 @@ impl Core {
         let recovery_keys = if request.recovery_shares == 0 {
             Vec::new()
         } else {
-            shamir::split(recovery_key.expose(), request.recovery_shares, request.recovery_threshold)
-                .map_err(|e| Error::BadRequest(e.to_string()))?
-                .into_iter()
-                .map(|share| SecretString::new(hex(&share)))
-                .collect()
+            shamir::split(
+                recovery_key.expose(),
+                request.recovery_shares,
+                request.recovery_threshold,
+            )
+            .map_err(|e| Error::BadRequest(e.to_string()))?
+            .into_iter()
+            .map(|share| SecretString::new(hex(&share)))
+            .collect()
         };
         let config = SealConfig {
             cluster_id: cluster_id.clone(),
@@ -160,7 +170,8 @@ impl Core {
         let now = now_unix();
         let keyring = Keyring::new(&cluster_id, now).with_new_block(now);
         let sealed_keyring = seal_keyring(&root_key, &cluster_id, &keyring);
-        let store = EncryptedStorage::with_keyring(self.storage.clone(), root_key, &cluster_id, keyring);
+        let store =
+            EncryptedStorage::with_keyring(self.storage.clone(), root_key, &cluster_id, keyring);
 
         // Everything a working cluster needs goes in one transaction: either another replica
         // initialised first and we wrote nothing, or the cluster is complete.
@@ -189,8 +200,16 @@ impl Core {
                 value: serde_json::to_vec(&config).expect("serialisable"),
                 precondition: Precondition::Absent,
             },
-            Op::Put { key: ROOT_KEY_PATH.into(), value: wrapped, precondition: Precondition::Absent },
-            Op::Put { key: KEYRING_PATH.into(), value: sealed_keyring, precondition: Precondition::Absent },
+            Op::Put {
+                key: ROOT_KEY_PATH.into(),
+                value: wrapped,
+                precondition: Precondition::Absent,
+            },
+            Op::Put {
+                key: KEYRING_PATH.into(),
+                value: sealed_keyring,
+                precondition: Precondition::Absent,
+            },
         ];
         ops.extend(store.to_ops(writes).await?);
         match self.storage.transact(ops).await {
@@ -199,14 +218,26 @@ impl Core {
             Err(other) => return Err(other.into()),
         }
         let mounts = MountTable::load(&store).await?;
-        self.install(Unsealed { cluster_id, store, tokens, policies: PolicyStore::default(), mounts });
+        self.install(Unsealed {
+            cluster_id,
+            store,
+            tokens,
+            policies: PolicyStore::default(),
+            mounts,
+        });
         tracing::info!(cluster = %self.cluster_name, "initialized and unsealed");
-        Ok(InitResult { recovery_keys, root_token: root.token })
+        Ok(InitResult {
+            recovery_keys,
+            root_token: root.token,
+        })
     }
 
     fn install(&self, unsealed: Unsealed) {
         *self.state.write().expect("state lock poisoned") = Some(Arc::new(unsealed));
-        self.recovery_shares.lock().expect("share lock poisoned").clear();
+        self.recovery_shares
+            .lock()
+            .expect("share lock poisoned")
+            .clear();
     }
 
     /// Unseals through the configured seal (auto-unseal). A no-op when already unsealed.
@@ -226,7 +257,8 @@ impl Core {
             .await?
             .ok_or_else(|| Error::Internal("wrapped root key missing from storage".into()))?;
         let root_key = self.seal.unwrap(&wrapped.value, &config.cluster_id).await?;
-        let store = EncryptedStorage::open(self.storage.clone(), root_key, &config.cluster_id).await?;
+        let store =
+            EncryptedStorage::open(self.storage.clone(), root_key, &config.cluster_id).await?;
         let token_key = store
             .get(TOKEN_KEY_PATH)
             .await?
@@ -280,14 +312,19 @@ impl Core {
             mac.verify_slice(&expected).is_ok()
         });
         if !valid {
-            return Err(Error::bad_request("recovery key shares do not combine to this cluster's recovery key"));
+            return Err(Error::bad_request(
+                "recovery key shares do not combine to this cluster's recovery key",
+            ));
         }
         self.unseal_locked(&config).await?;
         Ok(0)
     }
 
     pub fn reset_recovery_progress(&self) {
-        self.recovery_shares.lock().expect("share lock poisoned").clear();
+        self.recovery_shares
+            .lock()
+            .expect("share lock poisoned")
+            .clear();
     }
 
     /// Drops every key from memory. Requests in flight finish with the state they hold.
@@ -306,8 +343,14 @@ impl Core {
             sealed: unsealed.is_none(),
             threshold: config.as_ref().map_or(0, |c| c.recovery_threshold),
             shares: config.as_ref().map_or(0, |c| c.recovery_shares),
-            progress: self.recovery_shares.lock().expect("share lock poisoned").len(),
-            cluster_name: config.as_ref().map_or_else(|| self.cluster_name.clone(), |c| c.cluster_name.clone()),
+            progress: self
+                .recovery_shares
+                .lock()
+                .expect("share lock poisoned")
+                .len(),
+            cluster_name: config
+                .as_ref()
+                .map_or_else(|| self.cluster_name.clone(), |c| c.cluster_name.clone()),
             cluster_id: match (&config, &unsealed) {
                 (Some(c), Some(_)) => c.cluster_id.clone(),
                 _ => String::new(),

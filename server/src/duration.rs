@@ -27,7 +27,10 @@ pub fn parse_str(text: &str) -> Result<u64, DurationError> {
         return Err(DurationError);
     }
     if text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse::<u64>().map_err(|_| DurationError).and_then(bounded);
+        return text
+            .parse::<u64>()
+            .map_err(|_| DurationError)
+            .and_then(bounded);
     }
     let mut total: u64 = 0;
     let mut rest = text;
@@ -47,7 +50,9 @@ pub fn parse_str(text: &str) -> Result<u64, DurationError> {
             _ => return Err(DurationError),
         };
         rest = &rest[unit_len..];
-        total = total.checked_add(amount.checked_mul(multiplier).ok_or(DurationError)?).ok_or(DurationError)?;
+        total = total
+            .checked_add(amount.checked_mul(multiplier).ok_or(DurationError)?)
+            .ok_or(DurationError)?;
     }
     bounded(total)
 }
@@ -84,8 +89,19 @@ mod tests {
 
     #[test]
     fn rejects_negative_huge_fractional_and_garbage() {
-        for bad in [json!(-1), json!("-5s"), json!(1.5), json!("1.5h"), json!("10x"), json!(""), json!("h"),
-            json!(true), json!(u64::MAX), json!("99999999999999999999h"), json!("999999999999d")] {
+        for bad in [
+            json!(-1),
+            json!("-5s"),
+            json!(1.5),
+            json!("1.5h"),
+            json!("10x"),
+            json!(""),
+            json!("h"),
+            json!(true),
+            json!(u64::MAX),
+            json!("99999999999999999999h"),
+            json!("999999999999d"),
+        ] {
             assert_eq!(parse_seconds(&bad), Err(DurationError), "{bad}");
         }
     }

@@ -25,18 +25,36 @@ pub struct Plain {
 
 /// A write expressed on plaintext; it is encrypted for its own path before it reaches storage.
 pub enum Write {
-    Put { path: String, value: Zeroizing<Vec<u8>>, precondition: Precondition },
-    Delete { path: String, precondition: Precondition },
+    Put {
+        path: String,
+        value: Zeroizing<Vec<u8>>,
+        precondition: Precondition,
+    },
+    Delete {
+        path: String,
+        precondition: Precondition,
+    },
 }
 
 impl Write {
-    pub fn put_json(path: impl Into<String>, value: &impl Serialize, precondition: Precondition) -> Write {
+    pub fn put_json(
+        path: impl Into<String>,
+        value: &impl Serialize,
+        precondition: Precondition,
+    ) -> Write {
         let bytes = serde_json::to_vec(value).expect("in-memory JSON serialisation cannot fail");
-        Write::Put { path: path.into(), value: Zeroizing::new(bytes), precondition }
+        Write::Put {
+            path: path.into(),
+            value: Zeroizing::new(bytes),
+            precondition,
+        }
     }
 
     pub fn delete(path: impl Into<String>, precondition: Precondition) -> Write {
-        Write::Delete { path: path.into(), precondition }
+        Write::Delete {
+            path: path.into(),
+            precondition,
+        }
     }
 }
 
@@ -45,7 +63,12 @@ pub fn keyring_aad(cluster_id: &str) -> Vec<u8> {
 }
 
 pub fn seal_keyring(root_key: &Key256, cluster_id: &str, keyring: &Keyring) -> Vec<u8> {
-    seal_with_key(root_key, 0, &keyring_aad(cluster_id), keyring.to_bytes().expose())
+    seal_with_key(
+        root_key,
+        0,
+        &keyring_aad(cluster_id),
+        keyring.to_bytes().expose(),
+    )
 }
 
 pub struct EncryptedStorage {
@@ -58,7 +81,11 @@ pub struct EncryptedStorage {
 
 impl EncryptedStorage {
     /// Opens the view by decrypting the stored keyring with the root key.
-    pub async fn open(storage: Arc<dyn Storage>, root_key: Key256, cluster_id: &str) -> Result<EncryptedStorage> {
+    pub async fn open(
+        storage: Arc<dyn Storage>,
+        root_key: Key256,
+        cluster_id: &str,
+    ) -> Result<EncryptedStorage> {
         let view = EncryptedStorage {
             storage,
             root_key,
@@ -73,7 +100,12 @@ impl EncryptedStorage {
 
     /// A view over a keyring that is not stored yet (used by initialisation, which stores it in
     /// the same transaction as everything encrypted under it).
-    pub fn with_keyring(storage: Arc<dyn Storage>, root_key: Key256, cluster_id: &str, keyring: Keyring) -> Self {
+    pub fn with_keyring(
+        storage: Arc<dyn Storage>,
+        root_key: Key256,
+        cluster_id: &str,
+        keyring: Keyring,
+    ) -> Self {
         EncryptedStorage {
             storage,
             root_key,
@@ -102,7 +134,10 @@ impl EncryptedStorage {
             .await?
             .ok_or_else(|| Error::Internal("keyring missing from storage".into()))?;
         let plain = open_with_key(&self.root_key, &keyring_aad(&self.cluster_id), &entry.value)?;
-        Ok((Keyring::from_bytes(&self.cluster_id, plain.expose())?, entry.version))
+        Ok((
+            Keyring::from_bytes(&self.cluster_id, plain.expose())?,
+            entry.version,
+        ))
     }
 
     /// Replaces the stored keyring by `change(stored)` with a conditional write, retrying when
@@ -112,7 +147,11 @@ impl EncryptedStorage {
             let (stored, version) = self.load_keyring().await?;
             let next = change(&stored);
             let blob = seal_keyring(&self.root_key, &self.cluster_id, &next);
-            match self.storage.put(KEYRING_PATH, blob, Precondition::Version(version)).await {
+            match self
+                .storage
+                .put(KEYRING_PATH, blob, Precondition::Version(version))
+                .await
+            {
                 Ok(()) => {
                     let next = Arc::new(next);
                     *self.keyring.write().expect("keyring lock poisoned") = next.clone();
@@ -122,7 +161,9 @@ impl EncryptedStorage {
                 Err(other) => return Err(other.into()),
             }
         }
-        Err(Error::Unavailable("keyring is contended by other replicas; try again".into()))
+        Err(Error::Unavailable(
+            "keyring is contended by other replicas; try again".into(),
+        ))
     }
 
     async fn reserve_block(&self, spent: &Arc<Keyring>) -> Result<()> {
@@ -130,7 +171,9 @@ impl EncryptedStorage {
         if !Arc::ptr_eq(&self.keyring(), spent) {
             return Ok(()); // another task reserved while we waited
         }
-        self.update_keyring(|stored| stored.with_new_block(now_unix())).await.map(drop)
+        self.update_keyring(|stored| stored.with_new_block(now_unix()))
+            .await
+            .map(drop)
     }
 
     pub async fn encrypt(&self, path: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
@@ -163,14 +206,19 @@ impl EncryptedStorage {
 
     pub async fn rotate(&self) -> Result<u32> {
         let _guard = self.reserve.lock().await;
-        let next = self.update_keyring(|stored| stored.rotated(now_unix()).with_new_block(now_unix())).await?;
+        let next = self
+            .update_keyring(|stored| stored.rotated(now_unix()).with_new_block(now_unix()))
+            .await?;
         Ok(next.active_term().number)
     }
 
     pub async fn get(&self, path: &str) -> Result<Option<Plain>> {
         match self.storage.get(path).await? {
             None => Ok(None),
-            Some(entry) => Ok(Some(Plain { bytes: self.decrypt(path, &entry.value).await?, version: entry.version })),
+            Some(entry) => Ok(Some(Plain {
+                bytes: self.decrypt(path, &entry.value).await?,
+                version: entry.version,
+            })),
         }
     }
 
@@ -203,10 +251,19 @@ impl EncryptedStorage {
         let mut ops = Vec::with_capacity(writes.len());
         for write in writes {
             ops.push(match write {
-                Write::Put { path, value, precondition } => {
-                    Op::Put { value: self.encrypt(&path, &value).await?, key: path, precondition }
-                }
-                Write::Delete { path, precondition } => Op::Delete { key: path, precondition },
+                Write::Put {
+                    path,
+                    value,
+                    precondition,
+                } => Op::Put {
+                    value: self.encrypt(&path, &value).await?,
+                    key: path,
+                    precondition,
+                },
+                Write::Delete { path, precondition } => Op::Delete {
+                    key: path,
+                    precondition,
+                },
             });
         }
         Ok(ops)
@@ -215,7 +272,9 @@ impl EncryptedStorage {
     /// Writes that must not race: a conflict is an internal error here.
     pub async fn write(&self, writes: Vec<Write>) -> Result<()> {
         self.transact(writes).await.map_err(|e| match e {
-            TransactError::Conflict => Error::Unavailable("a concurrent update won; try again".into()),
+            TransactError::Conflict => {
+                Error::Unavailable("a concurrent update won; try again".into())
+            }
             TransactError::Other(error) => error,
         })
     }

@@ -48,9 +48,9 @@ impl From<StorageError> for Error {
     fn from(error: StorageError) -> Self {
         match error {
             StorageError::Unavailable(reason) => Error::Unavailable(reason),
-            StorageError::TooLarge { size, limit, .. } => {
-                Error::PayloadTooLarge(format!("value is too large to store: {size} bytes encrypted, the limit is {limit}"))
-            }
+            StorageError::TooLarge { size, limit, .. } => Error::PayloadTooLarge(format!(
+                "value is too large to store: {size} bytes encrypted, the limit is {limit}"
+            )),
             other => Error::Internal(other.to_string()),
         }
     }

@@ -57,7 +57,11 @@ pub struct KeyMetadata {
 
 impl KeyMetadata {
     fn new(at: &str) -> Self {
-        KeyMetadata { created_time: at.into(), updated_time: at.into(), ..KeyMetadata::default() }
+        KeyMetadata {
+            created_time: at.into(),
+            updated_time: at.into(),
+            ..KeyMetadata::default()
+        }
     }
 
     fn version_json(&self, version: u64, meta: &VersionMeta) -> Value {
@@ -125,24 +129,36 @@ pub struct Kv<'a> {
 
 pub fn validate_custom_metadata(map: &BTreeMap<String, String>) -> Result<()> {
     if map.len() > MAX_CUSTOM_METADATA_KEYS {
-        return Err(Error::BadRequest(format!("custom_metadata holds at most {MAX_CUSTOM_METADATA_KEYS} keys")));
+        return Err(Error::BadRequest(format!(
+            "custom_metadata holds at most {MAX_CUSTOM_METADATA_KEYS} keys"
+        )));
     }
-    if map.iter().any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 512) {
-        return Err(Error::bad_request("custom_metadata keys are 1 to 128 bytes and values at most 512 bytes"));
+    if map
+        .iter()
+        .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 512)
+    {
+        return Err(Error::bad_request(
+            "custom_metadata keys are 1 to 128 bytes and values at most 512 bytes",
+        ));
     }
     Ok(())
 }
 
 fn secret_path(path: &str) -> Result<&str> {
     if path.is_empty() || path.ends_with('/') {
-        return Err(Error::bad_request("a secret path must name a key and not end with '/'"));
+        return Err(Error::bad_request(
+            "a secret path must name a key and not end with '/'",
+        ));
     }
     Ok(path)
 }
 
 impl<'a> Kv<'a> {
     pub fn new(store: &'a EncryptedStorage, storage_prefix: &str) -> Self {
-        Kv { store, prefix: storage_prefix.to_owned() }
+        Kv {
+            store,
+            prefix: storage_prefix.to_owned(),
+        }
     }
 
     fn metadata_key(&self, path: &str) -> String {
@@ -158,7 +174,12 @@ impl<'a> Kv<'a> {
     }
 
     pub async fn config(&self) -> Result<KvConfig> {
-        Ok(self.store.get_json(&self.config_key()).await?.map(|(c, _)| c).unwrap_or_default())
+        Ok(self
+            .store
+            .get_json(&self.config_key())
+            .await?
+            .map(|(c, _)| c)
+            .unwrap_or_default())
     }
 
     pub async fn set_config(&self, update: MetadataUpdate) -> Result<()> {
@@ -172,7 +193,13 @@ impl<'a> Kv<'a> {
         if let Some(v) = update.delete_version_after {
             config.delete_version_after = v;
         }
-        self.store.write(vec![Write::put_json(self.config_key(), &config, Precondition::None)]).await
+        self.store
+            .write(vec![Write::put_json(
+                self.config_key(),
+                &config,
+                Precondition::None,
+            )])
+            .await
     }
 
     pub async fn metadata(&self, path: &str) -> Result<Option<(KeyMetadata, u64)>> {
@@ -188,19 +215,27 @@ impl<'a> Kv<'a> {
     }
 
     pub async fn read(&self, path: &str, version: Option<u64>) -> Result<ReadOutcome> {
-        let Some((meta, _)) = self.metadata(path).await? else { return Ok(ReadOutcome::Missing) };
+        let Some((meta, _)) = self.metadata(path).await? else {
+            return Ok(ReadOutcome::Missing);
+        };
         let version = version.filter(|v| *v > 0).unwrap_or(meta.current_version);
-        let Some(version_meta) = meta.versions.get(&version) else { return Ok(ReadOutcome::Missing) };
+        let Some(version_meta) = meta.versions.get(&version) else {
+            return Ok(ReadOutcome::Missing);
+        };
         let metadata = meta.version_json(version, version_meta);
         if version_meta.destroyed || version_meta.is_deleted(now()) {
-            return Ok(ReadOutcome::Gone(json!({ "data": null, "metadata": metadata })));
+            return Ok(ReadOutcome::Gone(
+                json!({ "data": null, "metadata": metadata }),
+            ));
         }
         let Some(plain) = self.store.get(&self.version_key(path, version)).await? else {
             return Ok(ReadOutcome::Missing);
         };
         let data: Value = serde_json::from_slice(plain.bytes.expose())
             .map_err(|e| Error::Internal(format!("stored secret version is not JSON: {e}")))?;
-        Ok(ReadOutcome::Found(json!({ "data": data, "metadata": metadata })))
+        Ok(ReadOutcome::Found(
+            json!({ "data": data, "metadata": metadata }),
+        ))
     }
 
     /// Reads, changes and conditionally rewrites a key's metadata, retrying when another writer
@@ -208,38 +243,62 @@ impl<'a> Kv<'a> {
     async fn update<T>(
         &self,
         path: &str,
-        mut change: impl FnMut(Option<KeyMetadata>, &KvConfig) -> Result<Option<(KeyMetadata, Vec<Write>, T)>>,
+        mut change: impl FnMut(
+            Option<KeyMetadata>,
+            &KvConfig,
+        ) -> Result<Option<(KeyMetadata, Vec<Write>, T)>>,
     ) -> Result<Option<T>> {
         let config = self.config().await?;
         for _ in 0..ATTEMPTS {
             let stored = self.metadata(path).await?;
-            let precondition = stored.as_ref().map_or(Precondition::Absent, |(_, v)| Precondition::Version(*v));
+            let precondition = stored
+                .as_ref()
+                .map_or(Precondition::Absent, |(_, v)| Precondition::Version(*v));
             let Some((meta, mut writes, result)) = change(stored.map(|(m, _)| m), &config)? else {
                 return Ok(None);
             };
-            writes.insert(0, Write::put_json(self.metadata_key(path), &meta, precondition));
+            writes.insert(
+                0,
+                Write::put_json(self.metadata_key(path), &meta, precondition),
+            );
             match self.store.transact(writes).await {
                 Ok(()) => return Ok(Some(result)),
                 Err(TransactError::Conflict) => continue,
                 Err(TransactError::Other(error)) => return Err(error),
             }
         }
-        Err(Error::Unavailable(format!("too many concurrent writers on {path}; try again")))
+        Err(Error::Unavailable(format!(
+            "too many concurrent writers on {path}; try again"
+        )))
     }
 
-    pub async fn write(&self, path: &str, data: Map<String, Value>, cas: Option<u64>) -> Result<Value> {
+    pub async fn write(
+        &self,
+        path: &str,
+        data: Map<String, Value>,
+        cas: Option<u64>,
+    ) -> Result<Value> {
         let path = secret_path(path)?;
         let bytes = Zeroizing::new(serde_json::to_vec(&data).expect("serialisable"));
-        let written = self.write_version(path, cas, |_| Some(bytes.clone())).await?;
+        let written = self
+            .write_version(path, cas, |_| Some(bytes.clone()))
+            .await?;
         Ok(written.expect("an unconditional write always writes"))
     }
 
     /// Merges `patch` (JSON merge patch, RFC 7386) into the latest live version.
-    pub async fn patch(&self, path: &str, patch: Map<String, Value>, cas: Option<u64>) -> Result<Value> {
+    pub async fn patch(
+        &self,
+        path: &str,
+        patch: Map<String, Value>,
+        cas: Option<u64>,
+    ) -> Result<Value> {
         let path = secret_path(path)?;
         // The current data is read inside the retry loop: a concurrent write changes the base.
         for _ in 0..ATTEMPTS {
-            let Some((meta, _)) = self.metadata(path).await? else { return Err(Error::NotFound) };
+            let Some((meta, _)) = self.metadata(path).await? else {
+                return Err(Error::NotFound);
+            };
             let current = match self.read(path, None).await? {
                 ReadOutcome::Found(found) => found["data"].clone(),
                 _ => return Err(Error::NotFound),
@@ -249,12 +308,18 @@ impl<'a> Kv<'a> {
             json_patch::merge(&mut merged, &Value::Object(patch.clone()));
             let bytes = Zeroizing::new(serde_json::to_vec(&merged).expect("serialisable"));
             // `None`: another writer moved the key past the version we merged into; start over.
-            let written = self.write_version(path, cas, |current| (current == base_version).then(|| bytes.clone())).await?;
+            let written = self
+                .write_version(path, cas, |current| {
+                    (current == base_version).then(|| bytes.clone())
+                })
+                .await?;
             if let Some(response) = written {
                 return Ok(response);
             }
         }
-        Err(Error::Unavailable(format!("too many concurrent writers on {path}; try again")))
+        Err(Error::Unavailable(format!(
+            "too many concurrent writers on {path}; try again"
+        )))
     }
 
     async fn write_version(
@@ -264,57 +329,76 @@ impl<'a> Kv<'a> {
         mut data_for: impl FnMut(u64) -> Option<Zeroizing<Vec<u8>>>,
     ) -> Result<Option<Value>> {
         let at = rfc3339(now());
-        self
-            .update(path, |stored, config| {
-                let mut meta = stored.unwrap_or_else(|| KeyMetadata::new(&at));
-                match cas {
-                    None if config.cas_required || meta.cas_required => return Err(Error::CasRequired),
-                    Some(expected) if expected != meta.current_version => return Err(Error::CasMismatch),
-                    _ => {}
+        self.update(path, |stored, config| {
+            let mut meta = stored.unwrap_or_else(|| KeyMetadata::new(&at));
+            match cas {
+                None if config.cas_required || meta.cas_required => return Err(Error::CasRequired),
+                Some(expected) if expected != meta.current_version => {
+                    return Err(Error::CasMismatch)
                 }
-                let Some(bytes) = data_for(meta.current_version) else { return Ok(None) };
-                let version = meta.current_version + 1;
-                let delete_after =
-                    if meta.delete_version_after > 0 { meta.delete_version_after } else { config.delete_version_after };
-                let deletion_time = if delete_after > 0 {
-                    rfc3339(now() + time::Duration::seconds(delete_after as i64))
-                } else {
-                    String::new()
-                };
-                let version_meta = VersionMeta { created_time: at.clone(), deletion_time, destroyed: false };
-                meta.versions.insert(version, version_meta.clone());
-                meta.current_version = version;
-                meta.updated_time = at.clone();
-                let mut writes = vec![Write::Put {
-                    path: self.version_key(path, version),
-                    value: bytes,
-                    precondition: Precondition::None,
-                }];
-                let max = match (meta.max_versions, config.max_versions) {
-                    (0, 0) => DEFAULT_MAX_VERSIONS,
-                    (0, mount) => mount,
-                    (key, _) => key,
-                };
-                let excess = meta.versions.len().saturating_sub(max as usize).min(PRUNE_PER_WRITE);
-                let pruned: Vec<u64> = meta.versions.keys().take(excess).copied().collect();
-                for old in &pruned {
-                    meta.versions.remove(old);
-                    writes.push(Write::delete(self.version_key(path, *old), Precondition::None));
-                }
-                if !pruned.is_empty() {
-                    meta.oldest_version = meta.versions.keys().next().copied().unwrap_or(0);
-                }
-                let response = meta.version_json(version, &version_meta);
-                Ok(Some((meta, writes, response)))
-            })
-            .await
+                _ => {}
+            }
+            let Some(bytes) = data_for(meta.current_version) else {
+                return Ok(None);
+            };
+            let version = meta.current_version + 1;
+            let delete_after = if meta.delete_version_after > 0 {
+                meta.delete_version_after
+            } else {
+                config.delete_version_after
+            };
+            let deletion_time = if delete_after > 0 {
+                rfc3339(now() + time::Duration::seconds(delete_after as i64))
+            } else {
+                String::new()
+            };
+            let version_meta = VersionMeta {
+                created_time: at.clone(),
+                deletion_time,
+                destroyed: false,
+            };
+            meta.versions.insert(version, version_meta.clone());
+            meta.current_version = version;
+            meta.updated_time = at.clone();
+            let mut writes = vec![Write::Put {
+                path: self.version_key(path, version),
+                value: bytes,
+                precondition: Precondition::None,
+            }];
+            let max = match (meta.max_versions, config.max_versions) {
+                (0, 0) => DEFAULT_MAX_VERSIONS,
+                (0, mount) => mount,
+                (key, _) => key,
+            };
+            let excess = meta
+                .versions
+                .len()
+                .saturating_sub(max as usize)
+                .min(PRUNE_PER_WRITE);
+            let pruned: Vec<u64> = meta.versions.keys().take(excess).copied().collect();
+            for old in &pruned {
+                meta.versions.remove(old);
+                writes.push(Write::delete(
+                    self.version_key(path, *old),
+                    Precondition::None,
+                ));
+            }
+            if !pruned.is_empty() {
+                meta.oldest_version = meta.versions.keys().next().copied().unwrap_or(0);
+            }
+            let response = meta.version_json(version, &version_meta);
+            Ok(Some((meta, writes, response)))
+        })
+        .await
     }
 
     /// Soft-deletes the latest version. Missing keys are not an error (as in Vault).
     pub async fn delete_latest(&self, path: &str) -> Result<()> {
         let at = rfc3339(now());
         self.update(path, |stored, _| {
-            let Some(mut meta) = stored else { return Ok(None) };
+            let Some(mut meta) = stored else {
+                return Ok(None);
+            };
             let current = meta.current_version;
             match meta.versions.get_mut(&current) {
                 Some(v) if !v.destroyed && !v.is_deleted(now()) => v.deletion_time = at.clone(),
@@ -327,25 +411,41 @@ impl<'a> Kv<'a> {
         .map(drop)
     }
 
-    pub async fn change_versions(&self, path: &str, versions: &[u64], action: VersionAction) -> Result<()> {
+    pub async fn change_versions(
+        &self,
+        path: &str,
+        versions: &[u64],
+        action: VersionAction,
+    ) -> Result<()> {
         if versions.is_empty() {
             return Err(Error::bad_request("no version number provided"));
         }
         if versions.len() > PRUNE_PER_WRITE {
-            return Err(Error::BadRequest(format!("at most {PRUNE_PER_WRITE} versions per request")));
+            return Err(Error::BadRequest(format!(
+                "at most {PRUNE_PER_WRITE} versions per request"
+            )));
         }
         let at = rfc3339(now());
         self.update(path, |stored, _| {
-            let Some(mut meta) = stored else { return Ok(None) };
+            let Some(mut meta) = stored else {
+                return Ok(None);
+            };
             let mut writes = Vec::new();
             for version in versions {
-                let Some(v) = meta.versions.get_mut(version) else { continue };
+                let Some(v) = meta.versions.get_mut(version) else {
+                    continue;
+                };
                 match action {
-                    VersionAction::Delete if !v.destroyed && !v.is_deleted(now()) => v.deletion_time = at.clone(),
+                    VersionAction::Delete if !v.destroyed && !v.is_deleted(now()) => {
+                        v.deletion_time = at.clone()
+                    }
                     VersionAction::Undelete if !v.destroyed => v.deletion_time = String::new(),
                     VersionAction::Destroy if !v.destroyed => {
                         v.destroyed = true;
-                        writes.push(Write::delete(self.version_key(path, *version), Precondition::None));
+                        writes.push(Write::delete(
+                            self.version_key(path, *version),
+                            Precondition::None,
+                        ));
                     }
                     _ => {}
                 }
@@ -388,20 +488,44 @@ impl<'a> Kv<'a> {
     /// transaction as the first versions, so the key disappears at once; leftover version items
     /// (for keys with many versions) are unreachable and removed right after.
     pub async fn delete_metadata(&self, path: &str) -> Result<()> {
-        let Some((meta, version)) = self.metadata(path).await? else { return Ok(()) };
-        let mut keys: Vec<String> = meta.versions.keys().map(|v| self.version_key(path, *v)).collect();
-        let first: Vec<String> = keys.drain(..keys.len().min(MAX_TRANSACTION_OPS - 1)).collect();
-        let mut writes = vec![Write::delete(self.metadata_key(path), Precondition::Version(version))];
-        writes.extend(first.into_iter().map(|k| Write::delete(k, Precondition::None)));
+        let Some((meta, version)) = self.metadata(path).await? else {
+            return Ok(());
+        };
+        let mut keys: Vec<String> = meta
+            .versions
+            .keys()
+            .map(|v| self.version_key(path, *v))
+            .collect();
+        let first: Vec<String> = keys
+            .drain(..keys.len().min(MAX_TRANSACTION_OPS - 1))
+            .collect();
+        let mut writes = vec![Write::delete(
+            self.metadata_key(path),
+            Precondition::Version(version),
+        )];
+        writes.extend(
+            first
+                .into_iter()
+                .map(|k| Write::delete(k, Precondition::None)),
+        );
         match self.store.transact(writes).await {
             Ok(()) => {}
             Err(TransactError::Conflict) => {
-                return Err(Error::Unavailable(format!("{path} changed while being deleted; try again")))
+                return Err(Error::Unavailable(format!(
+                    "{path} changed while being deleted; try again"
+                )))
             }
             Err(TransactError::Other(error)) => return Err(error),
         }
         for chunk in keys.chunks(MAX_TRANSACTION_OPS) {
-            self.store.write(chunk.iter().map(|k| Write::delete(k.clone(), Precondition::None)).collect()).await?;
+            self.store
+                .write(
+                    chunk
+                        .iter()
+                        .map(|k| Write::delete(k.clone(), Precondition::None))
+                        .collect(),
+                )
+                .await?;
         }
         Ok(())
     }

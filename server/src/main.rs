@@ -9,7 +9,11 @@ use kinko_server::config::Config;
 use kinko_server::server::{assemble, auto_unseal, prepare_dev};
 
 #[derive(Parser)]
-#[command(name = "kinko", version, about = "kinko: a Vault-compatible secrets server for Kubernetes teams")]
+#[command(
+    name = "kinko",
+    version,
+    about = "kinko: a Vault-compatible secrets server for Kubernetes teams"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +34,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8200", requires = "dev")]
         listen: SocketAddr,
         /// Dev mode's root token on first start, like `vault server -dev-root-token-id`.
-        #[arg(long, env = "KINKO_DEV_ROOT_TOKEN", requires = "dev", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "KINKO_DEV_ROOT_TOKEN",
+            requires = "dev",
+            hide_env_values = true
+        )]
         dev_root_token: Option<String>,
     },
 }
@@ -41,11 +50,17 @@ fn harden_process() {
     unsafe {
         // No core dumps and no ptrace by other users: memory holds keys.
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         libc::setrlimit(libc::RLIMIT_CORE, &no_core);
         // Lock memory only where the limit allows all of it; a partial limit would make
         // later allocations fail.
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0
             && limit.rlim_cur == libc::RLIM_INFINITY
             && libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) != 0
@@ -76,7 +91,10 @@ fn main() -> std::process::ExitCode {
         .init();
     harden_process();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -87,8 +105,17 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Server { dev, data_dir, listen, dev_root_token } = cli.command;
-    let config = if dev { Config::dev(data_dir, listen) } else { Config::from_env()? };
+    let Command::Server {
+        dev,
+        data_dir,
+        listen,
+        dev_root_token,
+    } = cli.command;
+    let config = if dev {
+        Config::dev(data_dir, listen)
+    } else {
+        Config::from_env()?
+    };
     let parts = assemble(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -98,7 +125,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     writeln!(out, "kinko listening on https://{address}")?;
     if dev {
         let first_start = prepare_dev(&parts.core, dev_root_token).await?;
-        let ca = parts.dev_ca.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let ca = parts
+            .dev_ca
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         writeln!(out, "kinko dev server: data in {}", config_dir(&config))?;
         writeln!(out, "CA certificate: {ca}")?;
         match first_start {
@@ -107,9 +138,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for key in &init.recovery_keys {
                     writeln!(out, "Recovery key: {}", key.expose())?;
                 }
-                writeln!(out, "(shown once: only a keyed hash of the token is stored)")?;
+                writeln!(
+                    out,
+                    "(shown once: only a keyed hash of the token is stored)"
+                )?;
             }
-            None => writeln!(out, "Root token: printed at first start (only its hash is stored)")?,
+            None => writeln!(
+                out,
+                "Root token: printed at first start (only its hash is stored)"
+            )?,
         }
         writeln!(out, "export VAULT_ADDR=https://{address} VAULT_CACERT={ca}")?;
     } else {

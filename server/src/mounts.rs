@@ -12,7 +12,14 @@ use crate::path::validate_logical_path;
 use crate::storage::Precondition;
 
 pub const MOUNTS_PATH: &str = "core/mounts";
-const RESERVED: [&str; 6] = ["sys/", "auth/", "sealed/", "cubbyhole/", "identity/", "core/"];
+const RESERVED: [&str; 6] = [
+    "sys/",
+    "auth/",
+    "sealed/",
+    "cubbyhole/",
+    "identity/",
+    "core/",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Mount {
@@ -66,10 +73,13 @@ pub fn normalise_mount_path(raw: &str) -> Result<String> {
     if trimmed.is_empty() {
         return Err(Error::bad_request("mount path is empty"));
     }
-    validate_logical_path(trimmed).map_err(|e| Error::BadRequest(format!("invalid mount path: {e}")))?;
+    validate_logical_path(trimmed)
+        .map_err(|e| Error::BadRequest(format!("invalid mount path: {e}")))?;
     let path = format!("{trimmed}/");
     if RESERVED.iter().any(|r| path.starts_with(r)) {
-        return Err(Error::BadRequest(format!("cannot mount at {path}: reserved path")));
+        return Err(Error::BadRequest(format!(
+            "cannot mount at {path}: reserved path"
+        )));
     }
     Ok(path)
 }
@@ -81,8 +91,14 @@ pub struct MountTable {
 
 impl MountTable {
     pub async fn load(store: &EncryptedStorage) -> Result<MountTable> {
-        let mounts: Vec<Mount> = store.get_json(MOUNTS_PATH).await?.map(|(m, _)| m).unwrap_or_default();
-        Ok(MountTable { mounts: RwLock::new(Arc::new(mounts)) })
+        let mounts: Vec<Mount> = store
+            .get_json(MOUNTS_PATH)
+            .await?
+            .map(|(m, _)| m)
+            .unwrap_or_default();
+        Ok(MountTable {
+            mounts: RwLock::new(Arc::new(mounts)),
+        })
     }
 
     pub fn all(&self) -> Arc<Vec<Mount>> {
@@ -102,8 +118,14 @@ impl MountTable {
     /// Adds a mount with a conditional write on the whole table.
     pub async fn add(&self, store: &EncryptedStorage, mount: Mount) -> Result<()> {
         self.change(store, |mounts| {
-            if mounts.iter().any(|m| m.path.starts_with(&mount.path) || mount.path.starts_with(&m.path)) {
-                return Err(Error::BadRequest(format!("path is already in use at {}", mount.path)));
+            if mounts
+                .iter()
+                .any(|m| m.path.starts_with(&mount.path) || mount.path.starts_with(&m.path))
+            {
+                return Err(Error::BadRequest(format!(
+                    "path is already in use at {}",
+                    mount.path
+                )));
             }
             mounts.push(mount.clone());
             Ok(())
@@ -114,14 +136,21 @@ impl MountTable {
     pub async fn remove(&self, store: &EncryptedStorage, path: &str) -> Result<Option<Mount>> {
         let mut removed = None;
         self.change(store, |mounts| {
-            removed = mounts.iter().position(|m| m.path == path).map(|at| mounts.remove(at));
+            removed = mounts
+                .iter()
+                .position(|m| m.path == path)
+                .map(|at| mounts.remove(at));
             Ok(())
         })
         .await?;
         Ok(removed)
     }
 
-    async fn change(&self, store: &EncryptedStorage, mut edit: impl FnMut(&mut Vec<Mount>) -> Result<()>) -> Result<()> {
+    async fn change(
+        &self,
+        store: &EncryptedStorage,
+        mut edit: impl FnMut(&mut Vec<Mount>) -> Result<()>,
+    ) -> Result<()> {
         for _ in 0..10 {
             let stored: Option<(Vec<Mount>, u64)> = store.get_json(MOUNTS_PATH).await?;
             let (mut mounts, precondition) = match stored {
@@ -129,7 +158,10 @@ impl MountTable {
                 None => (Vec::new(), Precondition::Absent),
             };
             edit(&mut mounts)?;
-            match store.transact(vec![Write::put_json(MOUNTS_PATH, &mounts, precondition)]).await {
+            match store
+                .transact(vec![Write::put_json(MOUNTS_PATH, &mounts, precondition)])
+                .await
+            {
                 Ok(()) => {
                     *self.mounts.write().expect("mount table poisoned") = Arc::new(mounts);
                     return Ok(());
@@ -138,7 +170,9 @@ impl MountTable {
                 Err(crate::encrypted::TransactError::Other(error)) => return Err(error),
             }
         }
-        Err(Error::Unavailable("mount table is contended; try again".into()))
+        Err(Error::Unavailable(
+            "mount table is contended; try again".into(),
+        ))
     }
 }
 

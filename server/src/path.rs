@@ -36,7 +36,9 @@ pub fn parse_request_path(raw: &str) -> Result<String, PathError> {
     if lower.contains("%2f") || lower.contains("%5c") {
         return Err(PathError::EncodedSlash);
     }
-    let decoded = percent_encoding::percent_decode_str(rest).decode_utf8().map_err(|_| PathError::BadEncoding)?;
+    let decoded = percent_encoding::percent_decode_str(rest)
+        .decode_utf8()
+        .map_err(|_| PathError::BadEncoding)?;
     validate_logical_path(&decoded)?;
     Ok(decoded.into_owned())
 }
@@ -54,7 +56,11 @@ pub fn validate_logical_path(path: &str) -> Result<(), PathError> {
     }
     let body = path.strip_suffix('/').unwrap_or(path);
     if body.is_empty() {
-        return if path.is_empty() { Ok(()) } else { Err(PathError::EmptySegment) };
+        return if path.is_empty() {
+            Ok(())
+        } else {
+            Err(PathError::EmptySegment)
+        };
     }
     for segment in body.split('/') {
         match segment {
@@ -73,10 +79,22 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_paths_and_keeps_trailing_slash() {
-        assert_eq!(parse_request_path("/v1/secret/data/app").unwrap(), "secret/data/app");
-        assert_eq!(parse_request_path("/v1/secret/metadata/").unwrap(), "secret/metadata/");
-        assert_eq!(parse_request_path("/v1/secret/data/with%20space").unwrap(), "secret/data/with space");
-        assert_eq!(parse_request_path("/v1/secret/data/日本").unwrap(), "secret/data/日本");
+        assert_eq!(
+            parse_request_path("/v1/secret/data/app").unwrap(),
+            "secret/data/app"
+        );
+        assert_eq!(
+            parse_request_path("/v1/secret/metadata/").unwrap(),
+            "secret/metadata/"
+        );
+        assert_eq!(
+            parse_request_path("/v1/secret/data/with%20space").unwrap(),
+            "secret/data/with space"
+        );
+        assert_eq!(
+            parse_request_path("/v1/secret/data/日本").unwrap(),
+            "secret/data/日本"
+        );
     }
 
     #[test]
@@ -91,19 +109,43 @@ mod tests {
         ] {
             assert_eq!(parse_request_path(raw), Err(PathError::DotSegment), "{raw}");
         }
-        assert_eq!(parse_request_path("/v1/secret//data"), Err(PathError::EmptySegment));
+        assert_eq!(
+            parse_request_path("/v1/secret//data"),
+            Err(PathError::EmptySegment)
+        );
         assert_eq!(parse_request_path("//v1/secret"), Err(PathError::NotApi));
-        assert_eq!(parse_request_path("/v1//secret"), Err(PathError::EmptySegment));
-        assert_eq!(parse_request_path("/v1/secret/data%2fx"), Err(PathError::EncodedSlash));
-        assert_eq!(parse_request_path("/v1/secret/data%5c..%5cx"), Err(PathError::EncodedSlash));
-        assert_eq!(parse_request_path("/v1/secret\\..\\x"), Err(PathError::EncodedSlash));
+        assert_eq!(
+            parse_request_path("/v1//secret"),
+            Err(PathError::EmptySegment)
+        );
+        assert_eq!(
+            parse_request_path("/v1/secret/data%2fx"),
+            Err(PathError::EncodedSlash)
+        );
+        assert_eq!(
+            parse_request_path("/v1/secret/data%5c..%5cx"),
+            Err(PathError::EncodedSlash)
+        );
+        assert_eq!(
+            parse_request_path("/v1/secret\\..\\x"),
+            Err(PathError::EncodedSlash)
+        );
     }
 
     #[test]
     fn rejects_control_characters_bad_utf8_and_oversize() {
-        assert_eq!(parse_request_path("/v1/secret/data/a%00b"), Err(PathError::ControlCharacter));
-        assert_eq!(parse_request_path("/v1/secret/data/a%0Ab"), Err(PathError::ControlCharacter));
-        assert_eq!(parse_request_path("/v1/secret/data/%ff"), Err(PathError::BadEncoding));
+        assert_eq!(
+            parse_request_path("/v1/secret/data/a%00b"),
+            Err(PathError::ControlCharacter)
+        );
+        assert_eq!(
+            parse_request_path("/v1/secret/data/a%0Ab"),
+            Err(PathError::ControlCharacter)
+        );
+        assert_eq!(
+            parse_request_path("/v1/secret/data/%ff"),
+            Err(PathError::BadEncoding)
+        );
         let long_segment = format!("/v1/secret/data/{}", "a".repeat(10_000));
         assert_eq!(parse_request_path(&long_segment), Err(PathError::TooLong));
         let segment = format!("/v1/secret/data/{}", "a".repeat(600));

@@ -38,7 +38,10 @@ pub fn policy_write(name: &str, text: &str) -> Result<Write> {
     policy::parse(name, text).map_err(invalid)?;
     Ok(Write::put_json(
         format!("{PREFIX}{name}"),
-        &StoredPolicy { name: name.into(), policy: text.into() },
+        &StoredPolicy {
+            name: name.into(),
+            policy: text.into(),
+        },
         Precondition::None,
     ))
 }
@@ -51,13 +54,20 @@ impl PolicyStore {
         if policy::validate_name(name).is_err() {
             return Ok(None);
         }
-        let Some((stored, _)) = store.get_json::<StoredPolicy>(&format!("{PREFIX}{name}")).await? else {
+        let Some((stored, _)) = store
+            .get_json::<StoredPolicy>(&format!("{PREFIX}{name}"))
+            .await?
+        else {
             return Ok(None);
         };
         let parsed = Arc::new(
-            policy::parse(name, &stored.policy).map_err(|e| Error::Internal(format!("stored policy {name}: {e}")))?,
+            policy::parse(name, &stored.policy)
+                .map_err(|e| Error::Internal(format!("stored policy {name}: {e}")))?,
         );
-        self.parsed.write().expect("policy cache poisoned").insert(name.to_owned(), parsed.clone());
+        self.parsed
+            .write()
+            .expect("policy cache poisoned")
+            .insert(name.to_owned(), parsed.clone());
         Ok(Some(parsed))
     }
 
@@ -69,10 +79,17 @@ impl PolicyStore {
 
     pub async fn delete(&self, store: &EncryptedStorage, name: &str) -> Result<()> {
         if name == "root" || name == "default" {
-            return Err(Error::BadRequest(format!("cannot delete the {name} policy")));
+            return Err(Error::BadRequest(format!(
+                "cannot delete the {name} policy"
+            )));
         }
         policy::validate_name(name).map_err(invalid)?;
-        store.write(vec![Write::delete(format!("{PREFIX}{name}"), Precondition::None)]).await?;
+        store
+            .write(vec![Write::delete(
+                format!("{PREFIX}{name}"),
+                Precondition::None,
+            )])
+            .await?;
         self.invalidate();
         Ok(())
     }
@@ -102,7 +119,10 @@ impl PolicyStore {
             Acl::new(&policies)
         };
         let acl = Arc::new(acl);
-        self.acls.write().expect("acl cache poisoned").insert(names.to_vec(), acl.clone());
+        self.acls
+            .write()
+            .expect("acl cache poisoned")
+            .insert(names.to_vec(), acl.clone());
         Ok(acl)
     }
 

@@ -94,7 +94,11 @@ impl Caps {
     }
 
     pub fn names(self) -> Vec<&'static str> {
-        Capability::ALL.iter().filter(|c| self.contains(**c)).map(|c| c.name()).collect()
+        Capability::ALL
+            .iter()
+            .filter(|c| self.contains(**c))
+            .map(|c| c.name())
+            .collect()
     }
 }
 
@@ -132,7 +136,9 @@ pub struct Policy {
 pub fn validate_name(name: &str) -> Result<(), PolicyError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && name != "."
         && name != "..";
     if ok {
@@ -157,11 +163,14 @@ pub fn parse(name: &str, text: &str) -> Result<Policy, PolicyError> {
             match key.as_str() {
                 "capabilities" => {
                     saw_capabilities = true;
-                    let list = value.as_array().ok_or_else(|| PolicyError::MissingCapabilities(pattern.clone()))?;
+                    let list = value
+                        .as_array()
+                        .ok_or_else(|| PolicyError::MissingCapabilities(pattern.clone()))?;
                     for item in list {
                         let name = item.as_str().unwrap_or_default();
-                        let capability = Capability::parse(name)
-                            .ok_or_else(|| PolicyError::UnknownCapability(pattern.clone(), name.to_owned()))?;
+                        let capability = Capability::parse(name).ok_or_else(|| {
+                            PolicyError::UnknownCapability(pattern.clone(), name.to_owned())
+                        })?;
                         caps = caps.union(Caps::of(&[capability]));
                     }
                 }
@@ -174,11 +183,21 @@ pub fn parse(name: &str, text: &str) -> Result<Policy, PolicyError> {
                         "read" => Caps::of(&[Read, List]),
                         "write" => Caps::of(&[Create, Read, Update, Patch, Delete, List]),
                         "sudo" => Caps::of(&[Create, Read, Update, Patch, Delete, List, Sudo]),
-                        other => return Err(PolicyError::UnknownCapability(pattern.clone(), other.to_owned())),
+                        other => {
+                            return Err(PolicyError::UnknownCapability(
+                                pattern.clone(),
+                                other.to_owned(),
+                            ))
+                        }
                     };
                     caps = caps.union(granted);
                 }
-                other => return Err(PolicyError::UnsupportedAttribute(pattern.clone(), other.to_owned())),
+                other => {
+                    return Err(PolicyError::UnsupportedAttribute(
+                        pattern.clone(),
+                        other.to_owned(),
+                    ))
+                }
             }
         }
         if !saw_capabilities {
@@ -186,7 +205,11 @@ pub fn parse(name: &str, text: &str) -> Result<Policy, PolicyError> {
         }
         rules.push(Rule { pattern, caps });
     }
-    Ok(Policy { name: name.to_owned(), text: text.to_owned(), rules })
+    Ok(Policy {
+        name: name.to_owned(),
+        text: text.to_owned(),
+        rules,
+    })
 }
 
 type PathAttributes = Vec<(String, Vec<(String, Value)>)>;
@@ -201,13 +224,19 @@ fn document(text: &str) -> Result<Value, PolicyError> {
 }
 
 fn path_attributes(document: &Value) -> Result<PathAttributes, PolicyError> {
-    let object = document.as_object().ok_or_else(|| PolicyError::Syntax("expected path blocks".into()))?;
+    let object = document
+        .as_object()
+        .ok_or_else(|| PolicyError::Syntax("expected path blocks".into()))?;
     let mut out = Vec::new();
     for (key, value) in object {
         if key != "path" {
-            return Err(PolicyError::Syntax(format!("unexpected top-level {key:?}: expected path \"<pattern>\" {{ ... }}")));
+            return Err(PolicyError::Syntax(format!(
+                "unexpected top-level {key:?}: expected path \"<pattern>\" {{ ... }}"
+            )));
         }
-        let paths = value.as_object().ok_or_else(|| PolicyError::Syntax("\"path\" needs a pattern label".into()))?;
+        let paths = value
+            .as_object()
+            .ok_or_else(|| PolicyError::Syntax("\"path\" needs a pattern label".into()))?;
         for (pattern, body) in paths {
             // A pattern written twice arrives as a list of bodies.
             let bodies: Vec<&Value> = match body {
@@ -257,7 +286,13 @@ impl Pattern {
             .chain(glob.then(|| raw.len() - 1))
             .min()
             .unwrap_or(raw.len());
-        Pattern { raw: raw.to_owned(), glob, segments, plus_segments, first_wildcard }
+        Pattern {
+            raw: raw.to_owned(),
+            glob,
+            segments,
+            plus_segments,
+            first_wildcard,
+        }
     }
 
     fn matches(&self, path: &str) -> bool {
@@ -270,15 +305,19 @@ impl Pattern {
         } else if parts.len() != self.segments.len() {
             return false;
         }
-        self.segments.iter().zip(&parts).enumerate().all(|(i, (pattern, part))| {
-            if pattern == "+" {
-                true
-            } else if self.glob && i == last {
-                part.starts_with(pattern.as_str())
-            } else {
-                pattern == part
-            }
-        })
+        self.segments
+            .iter()
+            .zip(&parts)
+            .enumerate()
+            .all(|(i, (pattern, part))| {
+                if pattern == "+" {
+                    true
+                } else if self.glob && i == last {
+                    part.starts_with(pattern.as_str())
+                } else {
+                    pattern == part
+                }
+            })
     }
 
     /// Vault's precedence: a later first wildcard, no trailing glob, fewer `+`, longer, then
@@ -304,7 +343,10 @@ pub struct Acl {
 
 impl Acl {
     pub fn root() -> Acl {
-        Acl { root: true, ..Acl::default() }
+        Acl {
+            root: true,
+            ..Acl::default()
+        }
     }
 
     pub fn new(policies: &[Arc<Policy>]) -> Acl {
@@ -323,7 +365,11 @@ impl Acl {
             }
         }
         wildcard.sort_by(|a, b| b.0.precedence(&a.0));
-        Acl { root: false, exact, wildcard }
+        Acl {
+            root: false,
+            exact,
+            wildcard,
+        }
     }
 
     pub fn is_root(&self) -> bool {
@@ -338,7 +384,11 @@ impl Acl {
         if let Some(caps) = self.exact.get(path) {
             return *caps;
         }
-        self.wildcard.iter().find(|(p, _)| p.matches(path)).map(|(_, c)| *c).unwrap_or_default()
+        self.wildcard
+            .iter()
+            .find(|(p, _)| p.matches(path))
+            .map(|(_, c)| *c)
+            .unwrap_or_default()
     }
 
     pub fn allows(&self, path: &str, capability: Capability) -> bool {
@@ -349,11 +399,15 @@ impl Acl {
     /// Whether any rule could grant something at or below `prefix` (used to show a mount).
     pub fn grants_anything_under(&self, prefix: &str) -> bool {
         self.root
-            || self.exact.iter().any(|(p, c)| p.starts_with(prefix) && !c.contains(Capability::Deny) && *c != Caps::default())
+            || self.exact.iter().any(|(p, c)| {
+                p.starts_with(prefix) && !c.contains(Capability::Deny) && *c != Caps::default()
+            })
             || self.wildcard.iter().any(|(p, c)| {
                 !c.contains(Capability::Deny)
                     && *c != Caps::default()
-                    && (p.raw.starts_with(prefix) || p.matches(prefix) || prefix.starts_with(p.raw.trim_end_matches('*')))
+                    && (p.raw.starts_with(prefix)
+                        || p.matches(prefix)
+                        || prefix.starts_with(p.raw.trim_end_matches('*')))
             })
     }
 }
@@ -380,15 +434,26 @@ mod tests {
     use Capability::*;
 
     fn acl(texts: &[&str]) -> Acl {
-        let policies: Vec<Arc<Policy>> =
-            texts.iter().enumerate().map(|(i, t)| Arc::new(parse(&format!("p{i}"), t).unwrap())).collect();
+        let policies: Vec<Arc<Policy>> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Arc::new(parse(&format!("p{i}"), t).unwrap()))
+            .collect();
         Acl::new(&policies)
     }
 
     #[test]
     fn parses_hcl_and_json_to_the_same_rules() {
-        let hcl = parse("a", r#"path "secret/data/app/*" { capabilities = ["read", "list"] }"#).unwrap();
-        let json = parse("a", r#"{"path": {"secret/data/app/*": {"capabilities": ["read", "list"]}}}"#).unwrap();
+        let hcl = parse(
+            "a",
+            r#"path "secret/data/app/*" { capabilities = ["read", "list"] }"#,
+        )
+        .unwrap();
+        let json = parse(
+            "a",
+            r#"{"path": {"secret/data/app/*": {"capabilities": ["read", "list"]}}}"#,
+        )
+        .unwrap();
         assert_eq!(hcl.rules, json.rules);
         assert_eq!(hcl.rules[0].caps, Caps::of(&[Read, List]));
     }
@@ -475,14 +540,29 @@ mod tests {
     fn legacy_policy_shorthand_and_errors() {
         let acl = acl_one(r#"path "secret/*" { policy = "write" }"#);
         assert!(acl.allows("secret/data/a", Create) && acl.allows("secret/data/a", Delete));
-        assert!(matches!(parse("x", r#"path "a" { capabilities = ["fly"] }"#), Err(PolicyError::UnknownCapability(..))));
         assert!(matches!(
-            parse("x", "path \"a\" {\n capabilities = [\"read\"]\n denied_parameters = { \"k\" = [] }\n}"),
+            parse("x", r#"path "a" { capabilities = ["fly"] }"#),
+            Err(PolicyError::UnknownCapability(..))
+        ));
+        assert!(matches!(
+            parse(
+                "x",
+                "path \"a\" {\n capabilities = [\"read\"]\n denied_parameters = { \"k\" = [] }\n}"
+            ),
             Err(PolicyError::UnsupportedAttribute(..))
         ));
-        assert!(matches!(parse("x", r#"path "a" {}"#), Err(PolicyError::MissingCapabilities(..))));
-        assert!(matches!(parse("x", "path \"a\" { capabilities = [\"read\""), Err(PolicyError::Syntax(..))));
-        assert!(matches!(parse("x", r#"{"path": 3}"#), Err(PolicyError::Syntax(..))));
+        assert!(matches!(
+            parse("x", r#"path "a" {}"#),
+            Err(PolicyError::MissingCapabilities(..))
+        ));
+        assert!(matches!(
+            parse("x", "path \"a\" { capabilities = [\"read\""),
+            Err(PolicyError::Syntax(..))
+        ));
+        assert!(matches!(
+            parse("x", r#"{"path": 3}"#),
+            Err(PolicyError::Syntax(..))
+        ));
     }
 
     #[test]

@@ -36,7 +36,9 @@ const KEY_FILE_PREFIX: &str = "kinko-file-seal-v1:";
 
 impl FileSeal {
     pub fn new(key_file: &Path) -> Self {
-        FileSeal { key_file: key_file.to_owned() }
+        FileSeal {
+            key_file: key_file.to_owned(),
+        }
     }
 
     /// Creates the key file (0600) when it does not exist yet; used at `sys/init`.
@@ -50,14 +52,22 @@ impl FileSeal {
     }
 
     fn load(&self) -> Result<Key256, SealError> {
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(&self.key_file).map_err(|e| self.unavailable(e))?);
-        let encoded = text.trim().strip_prefix(KEY_FILE_PREFIX).ok_or_else(|| self.malformed())?;
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&self.key_file).map_err(|e| self.unavailable(e))?,
+        );
+        let encoded = text
+            .trim()
+            .strip_prefix(KEY_FILE_PREFIX)
+            .ok_or_else(|| self.malformed())?;
         let bytes = zeroize::Zeroizing::new(unhex(encoded).ok_or_else(|| self.malformed())?);
         Key256::from_slice(&bytes).ok_or_else(|| self.malformed())
     }
 
     fn unavailable(&self, error: std::io::Error) -> SealError {
-        SealError::Unavailable { kind: "file", reason: format!("{}: {error}", self.key_file.display()) }
+        SealError::Unavailable {
+            kind: "file",
+            reason: format!("{}: {error}", self.key_file.display()),
+        }
     }
 
     fn malformed(&self) -> SealError {
@@ -85,12 +95,15 @@ impl Seal for FileSeal {
 
     async fn unwrap(&self, blob: &[u8], cluster_id: &str) -> Result<Key256, SealError> {
         let key = self.load()?;
-        let plain = open_with_key(&key, &aad(cluster_id), blob).map_err(|_| SealError::Invalid {
+        let plain =
+            open_with_key(&key, &aad(cluster_id), blob).map_err(|_| SealError::Invalid {
+                kind: "file",
+                reason: "the wrapped root key does not match this key file or cluster id".into(),
+            })?;
+        Key256::from_slice(plain.expose()).ok_or(SealError::Invalid {
             kind: "file",
-            reason: "the wrapped root key does not match this key file or cluster id".into(),
-        })?;
-        Key256::from_slice(plain.expose())
-            .ok_or(SealError::Invalid { kind: "file", reason: "unwrapped root key has the wrong length".into() })
+            reason: "unwrapped root key has the wrong length".into(),
+        })
     }
 }
 
@@ -102,7 +115,10 @@ pub fn unhex(text: &str) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 {
         return None;
     }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Writes a file only its owner can read, creating it exclusively.
@@ -132,11 +148,17 @@ mod tests {
         let root = Key256::generate();
         let blob = seal.wrap(&root, "cluster-a").await.unwrap();
         assert_eq!(seal.unwrap(&blob, "cluster-a").await.unwrap(), root);
-        assert!(matches!(seal.unwrap(&blob, "cluster-b").await, Err(SealError::Invalid { .. })));
+        assert!(matches!(
+            seal.unwrap(&blob, "cluster-b").await,
+            Err(SealError::Invalid { .. })
+        ));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("seal.key")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("seal.key"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -149,7 +171,10 @@ mod tests {
         first.ensure_key().unwrap();
         second.ensure_key().unwrap();
         let blob = first.wrap(&Key256::generate(), "c").await.unwrap();
-        assert!(matches!(second.unwrap(&blob, "c").await, Err(SealError::Invalid { .. })));
+        assert!(matches!(
+            second.unwrap(&blob, "c").await,
+            Err(SealError::Invalid { .. })
+        ));
     }
 
     #[tokio::test]

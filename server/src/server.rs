@@ -41,10 +41,17 @@ pub fn assemble(config: &Config) -> anyhow::Result<Parts> {
         TlsSource::DevSelfSigned { dir } => {
             create_private_dir(dir)?;
             let paths = crate::tls::ensure_dev_certificate(dir)?;
-            (crate::tls::server_config(&paths.cert, &paths.key)?, Some(paths.ca))
+            (
+                crate::tls::server_config(&paths.cert, &paths.key)?,
+                Some(paths.ca),
+            )
         }
     };
-    Ok(Parts { core: Core::new(storage, seal, &config.cluster_name), tls, dev_ca })
+    Ok(Parts {
+        core: Core::new(storage, seal, &config.cluster_name),
+        tls,
+        dev_ca,
+    })
 }
 
 fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
@@ -58,12 +65,20 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// Dev mode: initialise on first start (returning the secrets to print once), unseal after.
-pub async fn prepare_dev(core: &Core, root_token: Option<String>) -> anyhow::Result<Option<InitResult>> {
+pub async fn prepare_dev(
+    core: &Core,
+    root_token: Option<String>,
+) -> anyhow::Result<Option<InitResult>> {
     if core.seal_config().await?.is_some() {
         core.unseal_with_seal().await?;
         return Ok(None);
     }
-    let request = InitRequest { recovery_shares: 1, recovery_threshold: 1, root_token, mount_secret_kv: true };
+    let request = InitRequest {
+        recovery_shares: 1,
+        recovery_threshold: 1,
+        root_token,
+        mount_secret_kv: true,
+    };
     Ok(Some(core.initialize(request).await?))
 }
 

@@ -43,7 +43,9 @@ pub fn split(secret: &[u8], shares: u8, threshold: u8) -> Result<Vec<Vec<u8>>, S
     if threshold == 0 || threshold > shares {
         return Err(ShamirError::BadParameters);
     }
-    let mut out: Vec<Vec<u8>> = (1..=shares).map(|_| Vec::with_capacity(secret.len() + 1)).collect();
+    let mut out: Vec<Vec<u8>> = (1..=shares)
+        .map(|_| Vec::with_capacity(secret.len() + 1))
+        .collect();
     let mut coefficients = Zeroizing::new(vec![0u8; threshold as usize]);
     for &byte in secret {
         coefficients[0] = byte;
@@ -51,7 +53,10 @@ pub fn split(secret: &[u8], shares: u8, threshold: u8) -> Result<Vec<Vec<u8>>, S
         for (index, share) in out.iter_mut().enumerate() {
             let x = index as u8 + 1;
             // Horner evaluation of the polynomial at x.
-            let y = coefficients.iter().rev().fold(0u8, |acc, &c| gf_mul(acc, x) ^ c);
+            let y = coefficients
+                .iter()
+                .rev()
+                .fold(0u8, |acc, &c| gf_mul(acc, x) ^ c);
             share.push(y);
         }
     }
@@ -120,7 +125,10 @@ mod tests {
         let duplicate = vec![shares[0].clone(), shares[0].clone()];
         assert_eq!(combine(&duplicate), Err(ShamirError::BadShares));
         assert_eq!(combine(&[]), Err(ShamirError::BadShares));
-        assert_eq!(combine(&[vec![1, 2], vec![1, 2, 3]]), Err(ShamirError::BadShares));
+        assert_eq!(
+            combine(&[vec![1, 2], vec![1, 2, 3]]),
+            Err(ShamirError::BadShares)
+        );
     }
 
     #[test]

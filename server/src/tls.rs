@@ -38,24 +38,40 @@ pub enum TlsError {
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
 fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
-    let read = |path: &Path| std::fs::read(path).map_err(|e| TlsError::Read { path: path.into(), reason: e.to_string() });
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| TlsError::Read {
+            path: path.into(),
+            reason: e.to_string(),
+        })
+    };
     let cert_pem = read(cert)?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Read { path: cert.into(), reason: e.to_string() })?;
+        .map_err(|e| TlsError::Read {
+            path: cert.into(),
+            reason: e.to_string(),
+        })?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate { path: cert.into() });
     }
     let key_pem = zeroize::Zeroizing::new(read(key)?);
-    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Key { path: key.into(), reason: e.to_string() })?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Key {
+        path: key.into(),
+        reason: e.to_string(),
+    })?;
     let signing = provider()
         .key_provider
         .load_private_key(private)
-        .map_err(|e| TlsError::Key { path: key.into(), reason: e.to_string() })?;
+        .map_err(|e| TlsError::Key {
+            path: key.into(),
+            reason: e.to_string(),
+        })?;
     Ok(CertifiedKey::new(chain, signing))
 }
 
@@ -92,7 +108,9 @@ impl ResolvesServerCert for ReloadingResolver {
                         state.current = Arc::new(fresh);
                         state.stamps = stamps;
                     }
-                    Err(error) => tracing::warn!(%error, "TLS certificate changed but cannot be loaded; keeping the previous one"),
+                    Err(error) => {
+                        tracing::warn!(%error, "TLS certificate changed but cannot be loaded; keeping the previous one")
+                    }
                 }
             }
         }
@@ -105,7 +123,11 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     let resolver = ReloadingResolver {
         cert: cert.into(),
         key: key.into(),
-        state: Mutex::new(ResolverState { current, stamps: (modified(cert), modified(key)), checked: Instant::now() }),
+        state: Mutex::new(ResolverState {
+            current,
+            stamps: (modified(cert), modified(key)),
+            checked: Instant::now(),
+        }),
     };
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -125,7 +147,11 @@ pub struct DevCertificate {
 /// A CA and a server certificate for localhost / 127.0.0.1 / ::1, created once in `dir` and
 /// reused on later starts so clients keep trusting the same CA file.
 pub fn ensure_dev_certificate(dir: &Path) -> Result<DevCertificate, TlsError> {
-    let paths = DevCertificate { ca: dir.join("ca.pem"), cert: dir.join("tls.crt"), key: dir.join("tls.key") };
+    let paths = DevCertificate {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    };
     if paths.ca.exists() && paths.cert.exists() && paths.key.exists() {
         return Ok(paths);
     }
@@ -133,18 +159,31 @@ pub fn ensure_dev_certificate(dir: &Path) -> Result<DevCertificate, TlsError> {
     let ca_key = rcgen::KeyPair::generate().map_err(failed)?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "kinko dev CA");
-    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kinko dev CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
     let ca = ca_params.self_signed(&ca_key).map_err(failed)?;
     let leaf_key = rcgen::KeyPair::generate().map_err(failed)?;
     let mut leaf_params =
-        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]).map_err(failed)?;
-    leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "kinko dev server");
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()])
+            .map_err(failed)?;
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kinko dev server");
     leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).map_err(failed)?;
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .map_err(failed)?;
     let write = |path: &Path, text: &str| {
         let _ = std::fs::remove_file(path);
-        crate::seal::write_private(path, text.as_bytes()).map_err(|e| TlsError::Read { path: path.into(), reason: e.to_string() })
+        crate::seal::write_private(path, text.as_bytes()).map_err(|e| TlsError::Read {
+            path: path.into(),
+            reason: e.to_string(),
+        })
     };
     write(&paths.key, &leaf_key.serialize_pem())?;
     write(&paths.cert, &format!("{}{}", leaf.pem(), ca.pem()))?;
@@ -164,8 +203,14 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
     tokio::pin!(shutdown);
     loop {
         let (stream, _peer) = tokio::select! {
@@ -185,14 +230,23 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (acceptor, app, builder, watcher) = (acceptor.clone(), app.clone(), builder.clone(), graceful.watcher());
+        let (acceptor, app, builder, watcher) = (
+            acceptor.clone(),
+            app.clone(),
+            builder.clone(),
+            graceful.watcher(),
+        );
         tokio::spawn(async move {
             let _permit = permit;
-            let Ok(Ok(tls_stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else {
+            let Ok(Ok(tls_stream)) =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+            else {
                 return;
             };
-            let connection =
-                builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), TowerToHyperService::new(app));
+            let connection = builder.serve_connection_with_upgrades(
+                TokioIo::new(tls_stream),
+                TowerToHyperService::new(app),
+            );
             let _ = watcher.watch(connection.into_owned()).await;
         });
     }

@@ -49,7 +49,9 @@ impl TokenEntry {
     }
 
     pub fn ttl_remaining(&self, now: i64) -> u64 {
-        self.expire_time.map(|at| (at - now).max(0) as u64).unwrap_or(0)
+        self.expire_time
+            .map(|at| (at - now).max(0) as u64)
+            .unwrap_or(0)
     }
 }
 
@@ -98,13 +100,19 @@ impl TokenStore {
     /// The storage name of a token. Lookups go through this hash, so no stored value is ever
     /// compared with the presented token byte by byte.
     pub fn hash(&self, token: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.expose()).expect("HMAC takes any key length");
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(self.key.expose()).expect("HMAC takes any key length");
         mac.update(token.as_bytes());
         crate::seal::hex(&mac.finalize().into_bytes())
     }
 
     /// Builds a new token and the writes that store it. `parent` is `None` for orphans.
-    pub fn issue(&self, request: TokenRequest, parent: Option<&Caller>, chosen_id: Option<String>) -> (Issued, Vec<Write>) {
+    pub fn issue(
+        &self,
+        request: TokenRequest,
+        parent: Option<&Caller>,
+        chosen_id: Option<String>,
+    ) -> (Issued, Vec<Write>) {
         let now = now_unix();
         let token = chosen_id.unwrap_or_else(|| format!("{TOKEN_PREFIX}{}", random_string(32)));
         let hash = self.hash(&token);
@@ -118,7 +126,10 @@ impl TokenStore {
         let ttl = match request.ttl {
             None | Some(0) if is_root => None,
             requested => {
-                let mut ttl = requested.filter(|t| *t > 0).unwrap_or(DEFAULT_TTL).min(MAX_TTL);
+                let mut ttl = requested
+                    .filter(|t| *t > 0)
+                    .unwrap_or(DEFAULT_TTL)
+                    .min(MAX_TTL);
                 if request.explicit_max_ttl > 0 {
                     ttl = ttl.min(request.explicit_max_ttl);
                 }
@@ -147,45 +158,86 @@ impl TokenStore {
         };
         let mut writes = vec![
             Write::put_json(format!("{ID_PREFIX}{hash}"), &entry, Precondition::Absent),
-            Write::put_json(format!("{ACCESSOR_PREFIX}{}", entry.accessor), &json!({ "hash": hash }), Precondition::Absent),
+            Write::put_json(
+                format!("{ACCESSOR_PREFIX}{}", entry.accessor),
+                &json!({ "hash": hash }),
+                Precondition::Absent,
+            ),
         ];
         if let Some(parent) = parent {
-            writes.push(Write::put_json(format!("{PARENT_PREFIX}{}/{hash}", parent.hash), &json!({}), Precondition::None));
+            writes.push(Write::put_json(
+                format!("{PARENT_PREFIX}{}/{hash}", parent.hash),
+                &json!({}),
+                Precondition::None,
+            ));
         }
-        (Issued { token: SecretString::new(token), hash, entry }, writes)
+        (
+            Issued {
+                token: SecretString::new(token),
+                hash,
+                entry,
+            },
+            writes,
+        )
     }
 
-    pub async fn create(&self, store: &EncryptedStorage, request: TokenRequest, parent: Option<&Caller>) -> Result<Issued> {
+    pub async fn create(
+        &self,
+        store: &EncryptedStorage,
+        request: TokenRequest,
+        parent: Option<&Caller>,
+    ) -> Result<Issued> {
         let (issued, writes) = self.issue(request, parent, None);
         store.write(writes).await?;
         Ok(issued)
     }
 
     /// The live entry for a token hash, or `None` when unknown or expired.
-    pub async fn lookup_hash(&self, store: &EncryptedStorage, hash: &str) -> Result<Option<(TokenEntry, u64)>> {
-        let found: Option<(TokenEntry, u64)> = store.get_json(&format!("{ID_PREFIX}{hash}")).await?;
+    pub async fn lookup_hash(
+        &self,
+        store: &EncryptedStorage,
+        hash: &str,
+    ) -> Result<Option<(TokenEntry, u64)>> {
+        let found: Option<(TokenEntry, u64)> =
+            store.get_json(&format!("{ID_PREFIX}{hash}")).await?;
         Ok(found.filter(|(entry, _)| entry.expire_time.is_none_or(|at| at > now_unix())))
     }
 
-    pub async fn lookup_accessor(&self, store: &EncryptedStorage, accessor: &str) -> Result<Option<(String, TokenEntry)>> {
+    pub async fn lookup_accessor(
+        &self,
+        store: &EncryptedStorage,
+        accessor: &str,
+    ) -> Result<Option<(String, TokenEntry)>> {
         if accessor.is_empty() || accessor.contains('/') {
             return Ok(None);
         }
-        let Some((link, _)) = store.get_json::<Value>(&format!("{ACCESSOR_PREFIX}{accessor}")).await? else {
+        let Some((link, _)) = store
+            .get_json::<Value>(&format!("{ACCESSOR_PREFIX}{accessor}"))
+            .await?
+        else {
             return Ok(None);
         };
         let hash = link["hash"].as_str().unwrap_or_default().to_owned();
-        Ok(self.lookup_hash(store, &hash).await?.map(|(entry, _)| (hash, entry)))
+        Ok(self
+            .lookup_hash(store, &hash)
+            .await?
+            .map(|(entry, _)| (hash, entry)))
     }
 
     /// Authenticates a presented token and spends one use of a limited-use token.
-    pub async fn authenticate(&self, store: &EncryptedStorage, token: &str) -> Result<Option<Caller>> {
+    pub async fn authenticate(
+        &self,
+        store: &EncryptedStorage,
+        token: &str,
+    ) -> Result<Option<Caller>> {
         if token.is_empty() || token.len() > 512 {
             return Ok(None);
         }
         let hash = self.hash(token);
         for _ in 0..10 {
-            let Some((entry, version)) = self.lookup_hash(store, &hash).await? else { return Ok(None) };
+            let Some((entry, version)) = self.lookup_hash(store, &hash).await? else {
+                return Ok(None);
+            };
             match entry.num_uses {
                 0 => return Ok(Some(Caller { hash, entry })),
                 1 => {
@@ -196,7 +248,11 @@ impl TokenStore {
                 uses => {
                     let mut spent = entry.clone();
                     spent.num_uses = uses - 1;
-                    let write = Write::put_json(format!("{ID_PREFIX}{hash}"), &spent, Precondition::Version(version));
+                    let write = Write::put_json(
+                        format!("{ID_PREFIX}{hash}"),
+                        &spent,
+                        Precondition::Version(version),
+                    );
                     match store.transact(vec![write]).await {
                         Ok(()) => return Ok(Some(Caller { hash, entry: spent })),
                         Err(TransactError::Conflict) => continue,
@@ -205,7 +261,9 @@ impl TokenStore {
                 }
             }
         }
-        Err(Error::Unavailable("token use count is contended; try again".into()))
+        Err(Error::Unavailable(
+            "token use count is contended; try again".into(),
+        ))
     }
 
     /// Revokes a token and, depth first, every token created under it.
@@ -226,12 +284,22 @@ impl TokenStore {
     }
 
     async fn delete_one(&self, store: &EncryptedStorage, hash: &str) -> Result<()> {
-        let entry: Option<(TokenEntry, u64)> = store.get_json(&format!("{ID_PREFIX}{hash}")).await?;
-        let mut writes = vec![Write::delete(format!("{ID_PREFIX}{hash}"), Precondition::None)];
+        let entry: Option<(TokenEntry, u64)> =
+            store.get_json(&format!("{ID_PREFIX}{hash}")).await?;
+        let mut writes = vec![Write::delete(
+            format!("{ID_PREFIX}{hash}"),
+            Precondition::None,
+        )];
         if let Some((entry, _)) = entry {
-            writes.push(Write::delete(format!("{ACCESSOR_PREFIX}{}", entry.accessor), Precondition::None));
+            writes.push(Write::delete(
+                format!("{ACCESSOR_PREFIX}{}", entry.accessor),
+                Precondition::None,
+            ));
             if let Some(parent) = entry.parent {
-                writes.push(Write::delete(format!("{PARENT_PREFIX}{parent}/{hash}"), Precondition::None));
+                writes.push(Write::delete(
+                    format!("{PARENT_PREFIX}{parent}/{hash}"),
+                    Precondition::None,
+                ));
             }
         }
         debug_assert!(writes.len() <= MAX_TRANSACTION_OPS);
@@ -239,19 +307,32 @@ impl TokenStore {
     }
 
     /// Extends a renewable token's TTL, bounded by its max TTL from creation.
-    pub async fn renew(&self, store: &EncryptedStorage, hash: &str, increment: Option<u64>) -> Result<TokenEntry> {
+    pub async fn renew(
+        &self,
+        store: &EncryptedStorage,
+        hash: &str,
+        increment: Option<u64>,
+    ) -> Result<TokenEntry> {
         for _ in 0..10 {
             let Some((mut entry, version)) = self.lookup_hash(store, hash).await? else {
                 return Err(Error::PermissionDenied);
             };
-            let Some(_) = entry.expire_time else { return Ok(entry) };
+            let Some(_) = entry.expire_time else {
+                return Ok(entry);
+            };
             if !entry.renewable {
                 return Err(Error::bad_request("lease is not renewable"));
             }
             let now = now_unix();
-            let max = if entry.explicit_max_ttl > 0 { entry.explicit_max_ttl.min(MAX_TTL) } else { MAX_TTL };
+            let max = if entry.explicit_max_ttl > 0 {
+                entry.explicit_max_ttl.min(MAX_TTL)
+            } else {
+                MAX_TTL
+            };
             let limit = entry.creation_time + max as i64;
-            let wanted = increment.filter(|i| *i > 0).unwrap_or(entry.creation_ttl.max(1));
+            let wanted = increment
+                .filter(|i| *i > 0)
+                .unwrap_or(entry.creation_ttl.max(1));
             let mut expire = (now + wanted as i64).min(limit);
             if let Some(parent) = &entry.parent {
                 if let Some((parent_entry, _)) = self.lookup_hash(store, parent).await? {
@@ -261,7 +342,11 @@ impl TokenStore {
                 }
             }
             entry.expire_time = Some(expire);
-            let write = Write::put_json(format!("{ID_PREFIX}{hash}"), &entry, Precondition::Version(version));
+            let write = Write::put_json(
+                format!("{ID_PREFIX}{hash}"),
+                &entry,
+                Precondition::Version(version),
+            );
             match store.transact(vec![write]).await {
                 Ok(()) => return Ok(entry),
                 Err(TransactError::Conflict) => continue,

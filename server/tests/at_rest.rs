@@ -24,14 +24,28 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 async fn secrets_and_tokens_never_reach_the_disk_in_clear() {
     let s = TestServer::start().await;
     let marker = "PLAINTEXT-MARKER-7f3a9c";
-    s.put_secret("app/db", ROOT, json!({ "password": marker })).await;
-    s.write_policy("marker-policy", &format!("# {marker}-policy\npath \"x\" {{ capabilities = [\"read\"] }}")).await;
+    s.put_secret("app/db", ROOT, json!({ "password": marker }))
+        .await;
+    s.write_policy(
+        "marker-policy",
+        &format!("# {marker}-policy\npath \"x\" {{ capabilities = [\"read\"] }}"),
+    )
+    .await;
     let token = s.token(&["default"]).await;
     let bytes = database_bytes(&s);
-    assert!(contains(&bytes, b"metadata/app/db"), "sanity: the key names are there, so we are reading the right file");
-    assert!(!contains(&bytes, marker.as_bytes()), "secret value stored in clear");
+    assert!(
+        contains(&bytes, b"metadata/app/db"),
+        "sanity: the key names are there, so we are reading the right file"
+    );
+    assert!(
+        !contains(&bytes, marker.as_bytes()),
+        "secret value stored in clear"
+    );
     assert!(!contains(&bytes, token.as_bytes()), "token stored in clear");
-    assert!(!contains(&bytes, ROOT.as_bytes()), "root token stored in clear");
+    assert!(
+        !contains(&bytes, ROOT.as_bytes()),
+        "root token stored in clear"
+    );
     let seal_key = std::fs::read_to_string(s.dir.path().join("seal.key")).unwrap();
     let seal_hex = seal_key.trim().rsplit(':').next().unwrap();
     assert!(!contains(&bytes, seal_hex.as_bytes()));
@@ -47,7 +61,10 @@ async fn a_ciphertext_moved_to_another_path_does_not_decrypt() {
     let from = format!("logical/{mount}versions/a/1");
     let to = format!("logical/{mount}versions/b/1");
     let stolen = storage.get(&from).await.unwrap().unwrap().value;
-    storage.put(&to, stolen, kinko_server::storage::Precondition::None).await.unwrap();
+    storage
+        .put(&to, stolen, kinko_server::storage::Precondition::None)
+        .await
+        .unwrap();
     let answer = s.get("/v1/secret/data/b", ROOT).await;
     assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(answer.body, json!({ "errors": ["internal error"] }));
@@ -64,21 +81,43 @@ async fn tampered_items_are_errors_not_garbage() {
     let mut blob = storage.get(&key).await.unwrap().unwrap().value;
     let last = blob.len() - 1;
     blob[last] ^= 1;
-    storage.put(&key, blob.clone(), kinko_server::storage::Precondition::None).await.unwrap();
-    assert_eq!(s.get("/v1/secret/data/t", ROOT).await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    storage
+        .put(
+            &key,
+            blob.clone(),
+            kinko_server::storage::Precondition::None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get("/v1/secret/data/t", ROOT).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
     blob.truncate(8);
-    storage.put(&key, blob, kinko_server::storage::Precondition::None).await.unwrap();
-    assert_eq!(s.get("/v1/secret/data/t", ROOT).await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    storage
+        .put(&key, blob, kinko_server::storage::Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get("/v1/secret/data/t", ROOT).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
 }
 
 #[tokio::test]
 async fn restart_over_the_same_files_unseals_and_keeps_everything() {
     let s = TestServer::start().await;
     s.put_secret("kept", ROOT, json!({ "v": 1 })).await;
-    s.write_policy("p", r#"path "secret/data/kept" { capabilities = ["read"] }"#).await;
+    s.write_policy(
+        "p",
+        r#"path "secret/data/kept" { capabilities = ["read"] }"#,
+    )
+    .await;
     let token = s.token(&["p"]).await;
     s.request("PUT", "/v1/sys/rotate", Some(ROOT), None).await;
-    let encryptions_before = s.get("/v1/sys/key-status", ROOT).await.body["data"]["encryptions"].as_u64().unwrap();
+    let encryptions_before = s.get("/v1/sys/key-status", ROOT).await.body["data"]["encryptions"]
+        .as_u64()
+        .unwrap();
     let dir = s.dir;
     drop(s.router);
     s.core.seal().await;
@@ -87,12 +126,28 @@ async fn restart_over_the_same_files_unseals_and_keeps_everything() {
     assert!(core.is_sealed());
     core.unseal_with_seal().await.unwrap();
     let restarted = kinko_server::http::router(core.clone(), 1024 * 1024);
-    let again = TestServer { router: restarted, core, dir, recovery_keys: vec![] };
-    assert_eq!(again.get("/v1/secret/data/kept", &token).await.body["data"]["data"]["v"], 1);
-    assert_eq!(again.get("/v1/sys/key-status", ROOT).await.body["data"]["term"], 2);
+    let again = TestServer {
+        router: restarted,
+        core,
+        dir,
+        recovery_keys: vec![],
+    };
+    assert_eq!(
+        again.get("/v1/secret/data/kept", &token).await.body["data"]["data"]["v"],
+        1
+    );
+    assert_eq!(
+        again.get("/v1/sys/key-status", ROOT).await.body["data"]["term"],
+        2
+    );
     again.put_secret("new", ROOT, json!({ "v": 2 })).await;
-    let encryptions_after = again.get("/v1/sys/key-status", ROOT).await.body["data"]["encryptions"].as_u64().unwrap();
-    assert!(encryptions_after > encryptions_before, "the restarted replica reserved a fresh nonce block");
+    let encryptions_after = again.get("/v1/sys/key-status", ROOT).await.body["data"]["encryptions"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        encryptions_after > encryptions_before,
+        "the restarted replica reserved a fresh nonce block"
+    );
 }
 
 #[tokio::test]
@@ -113,10 +168,20 @@ async fn two_cores_on_one_database_race_check_and_set_with_one_winner() {
                 .unwrap()
         };
         use tower::ServiceExt;
-        let (a, b) = tokio::join!(s.router.clone().oneshot(request(&body)), second.clone().oneshot(request(&body)));
+        let (a, b) = tokio::join!(
+            s.router.clone().oneshot(request(&body)),
+            second.clone().oneshot(request(&body))
+        );
         let statuses = [a.unwrap().status(), b.unwrap().status()];
-        assert_eq!(statuses.iter().filter(|c| **c == StatusCode::OK).count(), 1, "round {round}: {statuses:?}");
+        assert_eq!(
+            statuses.iter().filter(|c| **c == StatusCode::OK).count(),
+            1,
+            "round {round}: {statuses:?}"
+        );
         assert!(statuses.contains(&StatusCode::BAD_REQUEST));
     }
-    assert_eq!(s.get("/v1/secret/metadata/race", ROOT).await.body["data"]["current_version"], 21);
+    assert_eq!(
+        s.get("/v1/secret/metadata/race", ROOT).await.body["data"]["current_version"],
+        21
+    );
 }

@@ -33,7 +33,10 @@ pub struct Answer {
 
 impl Answer {
     pub fn errors(&self) -> Vec<String> {
-        self.body["errors"].as_array().map(|a| a.iter().map(|e| e.as_str().unwrap().to_owned()).collect()).unwrap_or_default()
+        self.body["errors"]
+            .as_array()
+            .map(|a| a.iter().map(|e| e.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -58,23 +61,47 @@ impl TestServer {
             })
             .await
             .unwrap();
-        let recovery_keys = init.recovery_keys.iter().map(|k| k.expose().to_owned()).collect();
-        TestServer { router: kinko_server::http::router(core.clone(), 1024 * 1024), core, dir, recovery_keys }
+        let recovery_keys = init
+            .recovery_keys
+            .iter()
+            .map(|k| k.expose().to_owned())
+            .collect();
+        TestServer {
+            router: kinko_server::http::router(core.clone(), 1024 * 1024),
+            core,
+            dir,
+            recovery_keys,
+        }
     }
 
     /// A core that has never been initialised.
     pub fn uninitialized() -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let core = new_core(dir.path());
-        TestServer { router: kinko_server::http::router(core.clone(), 1024 * 1024), core, dir, recovery_keys: vec![] }
+        TestServer {
+            router: kinko_server::http::router(core.clone(), 1024 * 1024),
+            core,
+            dir,
+            recovery_keys: vec![],
+        }
     }
 
-    pub async fn request(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
-        let mut builder = Request::builder().method(Method::from_bytes(method.as_bytes()).unwrap()).uri(path);
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut builder = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(path);
         if let Some(token) = token {
             builder = builder.header("X-Vault-Token", token);
         }
-        let body = body.map(|b| Body::from(serde_json::to_vec(&b).unwrap())).unwrap_or_else(Body::empty);
+        let body = body
+            .map(|b| Body::from(serde_json::to_vec(&b).unwrap()))
+            .unwrap_or_else(Body::empty);
         self.send(builder.body(body).unwrap()).await
     }
 
@@ -82,9 +109,24 @@ impl TestServer {
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
-        let raw = response.into_body().collect().await.unwrap().to_bytes().to_vec();
-        let body = if raw.is_empty() { Value::Null } else { serde_json::from_slice(&raw).unwrap() };
-        Answer { status, headers, body, raw }
+        let raw = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        let body = if raw.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&raw).unwrap()
+        };
+        Answer {
+            status,
+            headers,
+            body,
+            raw,
+        }
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Answer {
@@ -96,18 +138,38 @@ impl TestServer {
     }
 
     pub async fn put_secret(&self, path: &str, token: &str, data: Value) -> Answer {
-        self.post(&format!("/v1/secret/data/{path}"), token, json!({ "data": data })).await
+        self.post(
+            &format!("/v1/secret/data/{path}"),
+            token,
+            json!({ "data": data }),
+        )
+        .await
     }
 
     pub async fn write_policy(&self, name: &str, hcl: &str) {
-        let answer = self.post(&format!("/v1/sys/policies/acl/{name}"), ROOT, json!({ "policy": hcl })).await;
+        let answer = self
+            .post(
+                &format!("/v1/sys/policies/acl/{name}"),
+                ROOT,
+                json!({ "policy": hcl }),
+            )
+            .await;
         assert_eq!(answer.status, StatusCode::NO_CONTENT, "{:?}", answer.body);
     }
 
     /// A token with exactly these policies (plus `default`).
     pub async fn token(&self, policies: &[&str]) -> String {
-        let answer = self.post("/v1/auth/token/create", ROOT, json!({ "policies": policies, "ttl": "1h" })).await;
+        let answer = self
+            .post(
+                "/v1/auth/token/create",
+                ROOT,
+                json!({ "policies": policies, "ttl": "1h" }),
+            )
+            .await;
         assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
-        answer.body["auth"]["client_token"].as_str().unwrap().to_owned()
+        answer.body["auth"]["client_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 }

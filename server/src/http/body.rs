@@ -44,8 +44,14 @@ impl Body {
     pub fn u64(&self, field: &str) -> Result<Option<u64>> {
         match self.get(field) {
             None => Ok(None),
-            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| wrong(field, "a non-negative integer")),
-            Some(Value::String(s)) => s.parse().map(Some).map_err(|_| wrong(field, "a non-negative integer")),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| wrong(field, "a non-negative integer")),
+            Some(Value::String(s)) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| wrong(field, "a non-negative integer")),
             Some(_) => Err(wrong(field, "a non-negative integer")),
         }
     }
@@ -69,7 +75,10 @@ impl Body {
 
     pub fn duration(&self, field: &str) -> Result<Option<u64>> {
         self.get(field)
-            .map(|v| duration::parse_seconds(v).map_err(|e| Error::BadRequest(format!("field {field:?} {e}"))))
+            .map(|v| {
+                duration::parse_seconds(v)
+                    .map_err(|e| Error::BadRequest(format!("field {field:?} {e}")))
+            })
             .transpose()
     }
 
@@ -77,12 +86,20 @@ impl Body {
     pub fn string_list(&self, field: &str) -> Result<Option<Vec<String>>> {
         match self.get(field) {
             None => Ok(None),
-            Some(Value::String(s)) => {
-                Ok(Some(s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect()))
-            }
+            Some(Value::String(s)) => Ok(Some(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            )),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|item| item.as_str().map(str::to_owned).ok_or_else(|| wrong(field, "a list of strings")))
+                .map(|item| {
+                    item.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| wrong(field, "a list of strings"))
+                })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
             Some(_) => Err(wrong(field, "a list of strings")),
@@ -95,15 +112,23 @@ impl Body {
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|item| match item {
-                    Value::Number(n) => n.as_u64().ok_or_else(|| wrong(field, "a list of non-negative integers")),
-                    Value::String(s) => s.parse().map_err(|_| wrong(field, "a list of non-negative integers")),
+                    Value::Number(n) => n
+                        .as_u64()
+                        .ok_or_else(|| wrong(field, "a list of non-negative integers")),
+                    Value::String(s) => s
+                        .parse()
+                        .map_err(|_| wrong(field, "a list of non-negative integers")),
                     _ => Err(wrong(field, "a list of non-negative integers")),
                 })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
             Some(Value::String(s)) => s
                 .split(',')
-                .map(|p| p.trim().parse().map_err(|_| wrong(field, "a list of non-negative integers")))
+                .map(|p| {
+                    p.trim()
+                        .parse()
+                        .map_err(|_| wrong(field, "a list of non-negative integers"))
+                })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
             Some(_) => Err(wrong(field, "a list of non-negative integers")),
@@ -115,7 +140,11 @@ impl Body {
             None => Ok(None),
             Some(Value::Object(map)) => map
                 .iter()
-                .map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())).ok_or_else(|| wrong(field, "a map of strings")))
+                .map(|(k, v)| {
+                    v.as_str()
+                        .map(|s| (k.clone(), s.to_owned()))
+                        .ok_or_else(|| wrong(field, "a map of strings"))
+                })
                 .collect::<Result<BTreeMap<_, _>>>()
                 .map(Some),
             Some(_) => Err(wrong(field, "a map of strings")),
@@ -137,17 +166,26 @@ mod tests {
 
     #[test]
     fn parse_errors_never_echo_the_body() {
-        let Err(Error::BadRequest(message)) = Body::parse(br#"{"data": {"password": "hunter2"#) else { panic!() };
+        let Err(Error::BadRequest(message)) = Body::parse(br#"{"data": {"password": "hunter2"#)
+        else {
+            panic!()
+        };
         assert!(!message.contains("hunter2"));
         assert!(message.starts_with("failed to parse JSON input"));
-        let Err(Error::BadRequest(message)) = Body::parse(br#"["hunter2"]"#) else { panic!() };
+        let Err(Error::BadRequest(message)) = Body::parse(br#"["hunter2"]"#) else {
+            panic!()
+        };
         assert!(!message.contains("hunter2"));
     }
 
     #[test]
     fn type_errors_name_the_field_not_the_value() {
-        let body = Body::parse(br#"{"cas": "hunter2", "versions": [1, "x"], "n": -1, "big": 1e300}"#).unwrap();
-        let Err(Error::BadRequest(message)) = body.u64("cas") else { panic!() };
+        let body =
+            Body::parse(br#"{"cas": "hunter2", "versions": [1, "x"], "n": -1, "big": 1e300}"#)
+                .unwrap();
+        let Err(Error::BadRequest(message)) = body.u64("cas") else {
+            panic!()
+        };
         assert!(message.contains("\"cas\"") && !message.contains("hunter2"));
         assert!(body.u64_list("versions").is_err());
         assert!(body.u64("n").is_err());

@@ -17,10 +17,13 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
     match (area, req.op) {
         ("data", Operation::Read) => {
             authorize(u, req, Capability::Read).await?;
-            let version = match req.query.get("version") {
-                None => None,
-                Some(v) => Some(v.parse::<u64>().map_err(|_| Error::bad_request("version must be a non-negative integer"))?),
-            };
+            let version =
+                match req.query.get("version") {
+                    None => None,
+                    Some(v) => Some(v.parse::<u64>().map_err(|_| {
+                        Error::bad_request("version must be a non-negative integer")
+                    })?),
+                };
             match kv.read(key, version).await? {
                 ReadOutcome::Found(found) => Ok(Reply::Data(found)),
                 ReadOutcome::Gone(gone) => Ok(Reply::DataWithStatus(StatusCode::NOT_FOUND, gone)),
@@ -31,14 +34,20 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
             let data = req
                 .body
                 .object("data")?
-                .ok_or_else(|| Error::bad_request("no data provided: the body needs a \"data\" object"))?
+                .ok_or_else(|| {
+                    Error::bad_request("no data provided: the body needs a \"data\" object")
+                })?
                 .clone();
             let cas = cas_option(req)?;
             authorize_create_or_update(u, req, || kv.exists(key)).await?;
             Ok(Reply::Data(kv.write(key, data, cas).await?))
         }
         ("data", Operation::Patch) => {
-            let content_type = req.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let content_type = req
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             if !content_type.starts_with("application/merge-patch+json") {
                 return Err(Error::UnsupportedMediaType(
                     "PATCH requires Content-Type: application/merge-patch+json".into(),
@@ -47,7 +56,9 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
             let patch = req
                 .body
                 .object("data")?
-                .ok_or_else(|| Error::bad_request("no data provided: the body needs a \"data\" object"))?
+                .ok_or_else(|| {
+                    Error::bad_request("no data provided: the body needs a \"data\" object")
+                })?
                 .clone();
             let cas = cas_option(req)?;
             authorize(u, req, Capability::Patch).await?;
@@ -108,7 +119,9 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
             kv.set_config(update).await?;
             Ok(Reply::NoContent)
         }
-        ("data" | "metadata" | "delete" | "undelete" | "destroy" | "config", _) => Err(Error::MethodNotAllowed),
+        ("data" | "metadata" | "delete" | "undelete" | "destroy" | "config", _) => {
+            Err(Error::MethodNotAllowed)
+        }
         _ => Err(Error::NotFound),
     }
 }
@@ -118,10 +131,9 @@ fn cas_option(req: &Req) -> Result<Option<u64>> {
         None => Ok(None),
         Some(options) => match options.get("cas") {
             None | Some(serde_json::Value::Null) => Ok(None),
-            Some(value) => value
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| Error::bad_request("field \"options.cas\" must be a non-negative integer")),
+            Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+                Error::bad_request("field \"options.cas\" must be a non-negative integer")
+            }),
         },
     }
 }

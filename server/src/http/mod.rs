@@ -36,7 +36,10 @@ pub struct App {
 }
 
 pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
-    Router::new().fallback(entry).with_state(App { core, max_body_bytes })
+    Router::new().fallback(entry).with_state(App {
+        core,
+        max_body_bytes,
+    })
 }
 
 /// What the request asks to do, as policies name it.
@@ -61,7 +64,9 @@ pub struct Req {
 
 impl Req {
     pub fn query_flag(&self, name: &str) -> bool {
-        self.query.get(name).is_some_and(|v| v.is_empty() || v == "true" || v == "1")
+        self.query
+            .get(name)
+            .is_some_and(|v| v.is_empty() || v == "true" || v == "1")
     }
 }
 
@@ -83,7 +88,9 @@ pub enum Reply {
 async fn entry(State(app): State<App>, request: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     let result = match parse(&app, request).await {
-        Ok(req) => route(&app, &req).await.map(|reply| (reply, mount_type(&req.path))),
+        Ok(req) => route(&app, &req)
+            .await
+            .map(|reply| (reply, mount_type(&req.path))),
         Err(error) => Err(error),
     };
     respond(result, &request_id)
@@ -113,7 +120,11 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
                 .filter(|pair| !pair.is_empty())
                 .map(|pair| {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    let decode = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+                    let decode = |s: &str| {
+                        percent_encoding::percent_decode_str(&s.replace('+', " "))
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    };
                     (decode(k), decode(v))
                 })
                 .collect()
@@ -131,9 +142,21 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
     };
     let bytes = axum::body::to_bytes(body, app.max_body_bytes)
         .await
-        .map_err(|_| Error::PayloadTooLarge(format!("request body too large: the limit is {} bytes", app.max_body_bytes)))?;
+        .map_err(|_| {
+            Error::PayloadTooLarge(format!(
+                "request body too large: the limit is {} bytes",
+                app.max_body_bytes
+            ))
+        })?;
     let body = Body::parse(&bytes)?;
-    Ok(Req { op, method: parts.method, path, query, headers: parts.headers, body })
+    Ok(Req {
+        op,
+        method: parts.method,
+        path,
+        query,
+        headers: parts.headers,
+        body,
+    })
 }
 
 async fn route(app: &App, req: &Req) -> Result<Reply> {
@@ -167,8 +190,15 @@ pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
 /// Who is calling and what their policies allow. Every failure is the same 403.
 pub async fn authenticate(unsealed: &Unsealed, req: &Req) -> Result<(Caller, Arc<Acl>)> {
     let token = presented_token(&req.headers).ok_or(Error::PermissionDenied)?;
-    let caller = unsealed.tokens.authenticate(&unsealed.store, token).await?.ok_or(Error::PermissionDenied)?;
-    let acl = unsealed.policies.acl(&unsealed.store, &caller.entry.policies).await?;
+    let caller = unsealed
+        .tokens
+        .authenticate(&unsealed.store, token)
+        .await?
+        .ok_or(Error::PermissionDenied)?;
+    let acl = unsealed
+        .policies
+        .acl(&unsealed.store, &caller.entry.policies)
+        .await?;
     Ok((caller, acl))
 }
 
@@ -189,7 +219,9 @@ fn with_standard_headers(mut response: Response) -> Response {
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
-    let mut response = Response::new(AxumBody::from(serde_json::to_vec(body).expect("serialisable")));
+    let mut response = Response::new(AxumBody::from(
+        serde_json::to_vec(body).expect("serialisable"),
+    ));
     *response.status_mut() = status;
     with_standard_headers(response)
 }
@@ -212,11 +244,17 @@ fn envelope(request_id: &str, mount_type: &str, data: Value, auth: Value) -> Val
 pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Response {
     match result {
         Ok((reply, mount_type)) => match reply {
-            Reply::Data(data) => json_response(StatusCode::OK, &envelope(request_id, mount_type, data, Value::Null)),
+            Reply::Data(data) => json_response(
+                StatusCode::OK,
+                &envelope(request_id, mount_type, data, Value::Null),
+            ),
             Reply::DataWithStatus(status, data) => {
                 json_response(status, &envelope(request_id, mount_type, data, Value::Null))
             }
-            Reply::Auth(auth) => json_response(StatusCode::OK, &envelope(request_id, mount_type, Value::Null, auth)),
+            Reply::Auth(auth) => json_response(
+                StatusCode::OK,
+                &envelope(request_id, mount_type, Value::Null, auth),
+            ),
             Reply::Compat(data) => {
                 let mut body = envelope(request_id, mount_type, data.clone(), Value::Null);
                 if let (Some(top), Some(fields)) = (body.as_object_mut(), data.as_object()) {
@@ -230,29 +268,57 @@ pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Respo
             Reply::NoContent => {
                 let mut response = Response::new(AxumBody::empty());
                 *response.status_mut() = StatusCode::NO_CONTENT;
-                response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+                    .headers_mut()
+                    .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 response
             }
         },
         Err(error) => {
             let (status, errors): (StatusCode, Vec<String>) = match &error {
                 Error::BadRequest(message) => (StatusCode::BAD_REQUEST, vec![message.clone()]),
-                Error::PermissionDenied => (StatusCode::FORBIDDEN, vec!["permission denied".into()]),
+                Error::PermissionDenied => {
+                    (StatusCode::FORBIDDEN, vec!["permission denied".into()])
+                }
                 Error::NotFound => (StatusCode::NOT_FOUND, vec![]),
-                Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, vec!["unsupported operation".into()]),
-                Error::UnsupportedMediaType(message) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, vec![message.clone()]),
-                Error::PayloadTooLarge(message) => (StatusCode::PAYLOAD_TOO_LARGE, vec![message.clone()]),
-                Error::Sealed => (StatusCode::SERVICE_UNAVAILABLE, vec!["Vault is sealed".into()]),
-                Error::NotInitialized => (StatusCode::BAD_REQUEST, vec!["Vault is not initialized".into()]),
-                Error::AlreadyInitialized => (StatusCode::BAD_REQUEST, vec!["Vault is already initialized".into()]),
-                Error::CasMismatch | Error::CasRequired => (StatusCode::BAD_REQUEST, vec![error.to_string()]),
+                Error::MethodNotAllowed => (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    vec!["unsupported operation".into()],
+                ),
+                Error::UnsupportedMediaType(message) => {
+                    (StatusCode::UNSUPPORTED_MEDIA_TYPE, vec![message.clone()])
+                }
+                Error::PayloadTooLarge(message) => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, vec![message.clone()])
+                }
+                Error::Sealed => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    vec!["Vault is sealed".into()],
+                ),
+                Error::NotInitialized => (
+                    StatusCode::BAD_REQUEST,
+                    vec!["Vault is not initialized".into()],
+                ),
+                Error::AlreadyInitialized => (
+                    StatusCode::BAD_REQUEST,
+                    vec!["Vault is already initialized".into()],
+                ),
+                Error::CasMismatch | Error::CasRequired => {
+                    (StatusCode::BAD_REQUEST, vec![error.to_string()])
+                }
                 Error::Unavailable(reason) => {
                     tracing::warn!(request_id, %reason, "request failed: dependency unavailable");
-                    (StatusCode::SERVICE_UNAVAILABLE, vec![format!("service unavailable: {reason}")])
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        vec![format!("service unavailable: {reason}")],
+                    )
                 }
                 Error::Internal(detail) => {
                     tracing::error!(request_id, %detail, "request failed: internal error");
-                    (StatusCode::INTERNAL_SERVER_ERROR, vec!["internal error".into()])
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        vec!["internal error".into()],
+                    )
                 }
             };
             json_response(status, &json!({ "errors": errors }))

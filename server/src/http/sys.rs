@@ -19,7 +19,10 @@ pub async fn route(app: &App, req: &Req) -> Result<Reply> {
         ("seal-status", Operation::Read) => Ok(Reply::Raw(StatusCode::OK, seal_status(app).await?)),
         ("init", Operation::Read) => {
             let initialized = app.core.seal_config().await?.is_some();
-            Ok(Reply::Raw(StatusCode::OK, json!({ "initialized": initialized })))
+            Ok(Reply::Raw(
+                StatusCode::OK,
+                json!({ "initialized": initialized }),
+            ))
         }
         ("init", Operation::Write) => init(app, req).await,
         ("unseal", Operation::Write) => unseal(app, req).await,
@@ -91,7 +94,11 @@ fn status_code_param(req: &Req, name: &str, default: u16) -> Result<StatusCode> 
             .ok()
             .filter(|code| (100..600).contains(code))
             .and_then(|code| StatusCode::from_u16(code).ok())
-            .ok_or_else(|| Error::BadRequest(format!("query parameter {name} must be an HTTP status code"))),
+            .ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "query parameter {name} must be an HTTP status code"
+                ))
+            }),
     }
 }
 
@@ -147,14 +154,18 @@ fn share_count(req: &Req, field: &str, default: u8) -> Result<u8> {
     match req.body.u64(field)? {
         None => Ok(default),
         Some(n) if n <= 255 => Ok(n as u8),
-        Some(_) => Err(Error::BadRequest(format!("field {field:?} must be at most 255"))),
+        Some(_) => Err(Error::BadRequest(format!(
+            "field {field:?} must be at most 255"
+        ))),
     }
 }
 
 async fn init(app: &App, req: &Req) -> Result<Reply> {
     for unsupported in ["pgp_keys", "recovery_pgp_keys", "root_token_pgp_key"] {
         if req.body.get(unsupported).is_some() {
-            return Err(Error::BadRequest(format!("{unsupported} is not supported by kinko")));
+            return Err(Error::BadRequest(format!(
+                "{unsupported} is not supported by kinko"
+            )));
         }
     }
     // With an auto-unseal seal the secret_* fields do not apply; Vault ignores them too.
@@ -168,7 +179,10 @@ async fn init(app: &App, req: &Req) -> Result<Reply> {
     let hex_keys: Vec<&str> = result.recovery_keys.iter().map(|k| k.expose()).collect();
     let base64_keys: Vec<String> = hex_keys
         .iter()
-        .map(|k| base64::engine::general_purpose::STANDARD.encode(crate::seal::unhex(k).unwrap_or_default()))
+        .map(|k| {
+            base64::engine::general_purpose::STANDARD
+                .encode(crate::seal::unhex(k).unwrap_or_default())
+        })
         .collect();
     Ok(Reply::Raw(
         StatusCode::OK,
@@ -186,10 +200,9 @@ async fn unseal(app: &App, req: &Req) -> Result<Reply> {
     if req.body.bool("reset")?.unwrap_or(false) {
         app.core.reset_recovery_progress();
     } else {
-        let key = req
-            .body
-            .str("key")?
-            .ok_or_else(|| Error::bad_request("missing required field \"key\" (a recovery key share)"))?;
+        let key = req.body.str("key")?.ok_or_else(|| {
+            Error::bad_request("missing required field \"key\" (a recovery key share)")
+        })?;
         let key = match base64::engine::general_purpose::STANDARD.decode(key) {
             // Accept the base64 form that `sys/init` also returns.
             Ok(bytes) if bytes.len() == 33 => crate::seal::hex(&bytes),
@@ -205,7 +218,16 @@ async fn policy_endpoint(u: &Unsealed, req: &Req, name: &str, text_field: &str) 
         if !matches!(req.op, Operation::List | Operation::Read) {
             return Err(Error::MethodNotAllowed);
         }
-        authorize(u, req, if req.op == Operation::List { Capability::List } else { Capability::Read }).await?;
+        authorize(
+            u,
+            req,
+            if req.op == Operation::List {
+                Capability::List
+            } else {
+                Capability::Read
+            },
+        )
+        .await?;
         let names = u.policies.list(&u.store).await?;
         return Ok(Reply::Compat(json!({ "keys": names, "policies": names })));
     }
@@ -215,7 +237,12 @@ async fn policy_endpoint(u: &Unsealed, req: &Req, name: &str, text_field: &str) 
             let text = if name == "root" {
                 String::new()
             } else {
-                u.policies.get(&u.store, name).await?.ok_or(Error::NotFound)?.text.clone()
+                u.policies
+                    .get(&u.store, name)
+                    .await?
+                    .ok_or(Error::NotFound)?
+                    .text
+                    .clone()
             };
             Ok(Reply::Compat(json!({ "name": name, text_field: text })))
         }
@@ -223,7 +250,9 @@ async fn policy_endpoint(u: &Unsealed, req: &Req, name: &str, text_field: &str) 
             authorize(u, req, Capability::Update).await?;
             let text = match (req.body.str("policy")?, req.body.str("rules")?) {
                 (Some(text), _) | (None, Some(text)) => text,
-                (None, None) => return Err(Error::bad_request("missing required field \"policy\"")),
+                (None, None) => {
+                    return Err(Error::bad_request("missing required field \"policy\""))
+                }
             };
             u.policies.put(&u.store, name, text).await?;
             Ok(Reply::NoContent)
@@ -269,13 +298,19 @@ async fn mounts(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
             authorize(u, req, Capability::Read).await?;
             let path = normalise_mount_path(name)?;
             let mounts = u.mounts.all();
-            let mount = mounts.iter().find(|m| m.path == path).ok_or(Error::NotFound)?;
+            let mount = mounts
+                .iter()
+                .find(|m| m.path == path)
+                .ok_or(Error::NotFound)?;
             Ok(Reply::Compat(mount.describe()))
         }
         Operation::Write => {
             authorize(u, req, Capability::Update).await?;
             let path = normalise_mount_path(name)?;
-            let kind = req.body.str("type")?.ok_or_else(|| Error::bad_request("missing required field \"type\""))?;
+            let kind = req
+                .body
+                .str("type")?
+                .ok_or_else(|| Error::bad_request("missing required field \"type\""))?;
             let version = match req.body.object("options")? {
                 Some(options) => match options.get("version") {
                     Some(Value::String(v)) => v.clone(),
@@ -296,7 +331,9 @@ async fn mounts(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
                 }
             }
             let description = req.body.str("description")?.unwrap_or_default();
-            u.mounts.add(&u.store, Mount::new(&path, description)).await?;
+            u.mounts
+                .add(&u.store, Mount::new(&path, description))
+                .await?;
             Ok(Reply::NoContent)
         }
         Operation::Delete => {
@@ -340,10 +377,17 @@ async fn ui_mount(u: &Unsealed, req: &Req, path: &str) -> Result<Reply> {
     let (_, acl) = authenticate(u, req).await?;
     if path.is_empty() {
         let mut secret = Map::new();
-        for mount in u.mounts.all().iter().filter(|m| acl.grants_anything_under(&m.path)) {
+        for mount in u
+            .mounts
+            .all()
+            .iter()
+            .filter(|m| acl.grants_anything_under(&m.path))
+        {
             secret.insert(mount.path.clone(), mount.describe());
         }
-        return Ok(Reply::Data(json!({ "secret": secret, "auth": { "token/": token_auth_method() } })));
+        return Ok(Reply::Data(
+            json!({ "secret": secret, "auth": { "token/": token_auth_method() } }),
+        ));
     }
     let (mount, _) = u.mounts.resolve(path).ok_or(Error::NotFound)?;
     if !acl.grants_anything_under(&mount.path) {
@@ -376,11 +420,16 @@ async fn auth_methods(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
         }
         (_, Operation::Write) if !name.is_empty() => {
             authorize(u, req, Capability::Sudo).await?;
-            let kind = req.body.str("type")?.ok_or_else(|| Error::bad_request("missing required field \"type\""))?;
+            let kind = req
+                .body
+                .str("type")?
+                .ok_or_else(|| Error::bad_request("missing required field \"type\""))?;
             if kind == "token" || name.trim_end_matches('/') == "token" {
                 return Err(Error::bad_request("path is already in use at token/"));
             }
-            Err(Error::BadRequest(format!("unsupported auth method type {kind:?}: this kinko has token")))
+            Err(Error::BadRequest(format!(
+                "unsupported auth method type {kind:?}: this kinko has token"
+            )))
         }
         _ => Err(Error::MethodNotAllowed),
     }
@@ -396,7 +445,8 @@ async fn capabilities_self(u: &Unsealed, req: &Req) -> Result<Reply> {
     let mut data = Map::new();
     let mut all = Vec::new();
     for path in &paths {
-        crate::path::validate_logical_path(path).map_err(|e| Error::BadRequest(format!("invalid path: {e}")))?;
+        crate::path::validate_logical_path(path)
+            .map_err(|e| Error::BadRequest(format!("invalid path: {e}")))?;
         let caps = acl.capabilities(path).effective();
         let names: Vec<&str> = if caps == crate::policy::Caps::default() {
             vec!["deny"]

@@ -1,7 +1,5 @@
 //! `auth/token/` endpoints: create, look up, renew and revoke tokens.
 
-
-
 use super::{authenticate, authorize, presented_token, Operation, Reply, Req};
 use crate::core::Unsealed;
 use crate::error::{Error, Result};
@@ -20,13 +18,21 @@ pub async fn route(u: &Unsealed, req: &Req, rest: &str) -> Result<Reply> {
         ("lookup", Operation::Read | Operation::Write) => {
             authorize(u, req, capability_for(req)).await?;
             let token = token_field(req)?;
-            let (entry, _) = u.tokens.lookup_hash(&u.store, &u.tokens.hash(&token)).await?.ok_or(Error::PermissionDenied)?;
+            let (entry, _) = u
+                .tokens
+                .lookup_hash(&u.store, &u.tokens.hash(&token))
+                .await?
+                .ok_or(Error::PermissionDenied)?;
             Ok(Reply::Data(lookup_data(Some(&token), &entry)))
         }
         ("lookup-accessor", Operation::Write) => {
             authorize(u, req, Capability::Update).await?;
             let accessor = accessor_field(req)?;
-            let (_, entry) = u.tokens.lookup_accessor(&u.store, &accessor).await?.ok_or(Error::PermissionDenied)?;
+            let (_, entry) = u
+                .tokens
+                .lookup_accessor(&u.store, &accessor)
+                .await?
+                .ok_or(Error::PermissionDenied)?;
             Ok(Reply::Data(lookup_data(None, &entry)))
         }
         ("renew-self", Operation::Write) => {
@@ -40,7 +46,10 @@ pub async fn route(u: &Unsealed, req: &Req, rest: &str) -> Result<Reply> {
             authorize(u, req, Capability::Update).await?;
             let token = token_field(req)?;
             let increment = req.body.duration("increment")?;
-            let entry = u.tokens.renew(&u.store, &u.tokens.hash(&token), increment).await?;
+            let entry = u
+                .tokens
+                .renew(&u.store, &u.tokens.hash(&token), increment)
+                .await?;
             Ok(Reply::Auth(auth_block(&token, &entry)))
         }
         ("revoke-self", Operation::Write) => {
@@ -63,8 +72,8 @@ pub async fn route(u: &Unsealed, req: &Req, rest: &str) -> Result<Reply> {
             Ok(Reply::NoContent)
         }
         (
-            "create" | "create-orphan" | "lookup-self" | "lookup" | "lookup-accessor" | "renew-self" | "renew"
-            | "revoke-self" | "revoke" | "revoke-accessor",
+            "create" | "create-orphan" | "lookup-self" | "lookup" | "lookup-accessor"
+            | "renew-self" | "renew" | "revoke-self" | "revoke" | "revoke-accessor",
             _,
         ) => Err(Error::MethodNotAllowed),
         _ => Err(Error::NotFound),
@@ -104,19 +113,29 @@ async fn create(u: &Unsealed, req: &Req, orphan_endpoint: bool) -> Result<Reply>
     }
     if let Some(kind) = req.body.str("type")? {
         if kind != "service" && kind != "default" {
-            return Err(Error::BadRequest(format!("token type {kind:?} is not supported: kinko issues service tokens")));
+            return Err(Error::BadRequest(format!(
+                "token type {kind:?} is not supported: kinko issues service tokens"
+            )));
         }
     }
     let no_parent = req.body.bool("no_parent")?.unwrap_or(false);
     if no_parent && !acl.allows(&req.path, Capability::Sudo) {
-        return Err(Error::bad_request("root or sudo privileges required to create an orphan token"));
+        return Err(Error::bad_request(
+            "root or sudo privileges required to create an orphan token",
+        ));
     }
     let chosen_id = req.body.str("id")?.map(str::to_owned);
     if chosen_id.is_some() && !caller.entry.is_root() {
-        return Err(Error::bad_request("root or sudo privileges required to specify a token id"));
+        return Err(Error::bad_request(
+            "root or sudo privileges required to specify a token id",
+        ));
     }
-    if chosen_id.as_deref().is_some_and(|id| id.len() < 8 || id.len() > 256 || id.chars().any(|c| c.is_control() || c == ' ')) {
-        return Err(Error::bad_request("a chosen token id must be 8 to 256 printable characters without spaces"));
+    if chosen_id.as_deref().is_some_and(|id| {
+        id.len() < 8 || id.len() > 256 || id.chars().any(|c| c.is_control() || c == ' ')
+    }) {
+        return Err(Error::bad_request(
+            "a chosen token id must be 8 to 256 printable characters without spaces",
+        ));
     }
     let requested = req.body.string_list("policies")?;
     let policies = child_policies(&caller, requested)?;
@@ -133,13 +152,20 @@ async fn create(u: &Unsealed, req: &Req, orphan_endpoint: bool) -> Result<Reply>
         num_uses: req.body.u64("num_uses")?.unwrap_or(0),
         renewable: req.body.bool("renewable")?.unwrap_or(true),
         no_default_policy: req.body.bool("no_default_policy")?.unwrap_or(false),
-        path: if orphan_endpoint { "auth/token/create-orphan" } else { "auth/token/create" }.into(),
+        path: if orphan_endpoint {
+            "auth/token/create-orphan"
+        } else {
+            "auth/token/create"
+        }
+        .into(),
     };
     let parent = (!no_parent && !orphan_endpoint).then_some(&caller);
     let (issued, writes) = u.tokens.issue(request, parent, chosen_id);
     match u.store.transact(writes).await {
         Ok(()) => {}
-        Err(crate::encrypted::TransactError::Conflict) => return Err(Error::bad_request("a token with that id already exists")),
+        Err(crate::encrypted::TransactError::Conflict) => {
+            return Err(Error::bad_request("a token with that id already exists"))
+        }
         Err(crate::encrypted::TransactError::Other(error)) => return Err(error),
     }
     let Issued { token, entry, .. } = issued;
@@ -149,7 +175,13 @@ async fn create(u: &Unsealed, req: &Req, orphan_endpoint: bool) -> Result<Reply>
 /// A child gets at most its parent's policies; only root may hand out `root`.
 fn child_policies(parent: &Caller, requested: Option<Vec<String>>) -> Result<Vec<String>> {
     let Some(requested) = requested else {
-        return Ok(parent.entry.policies.iter().filter(|p| *p != "default").cloned().collect());
+        return Ok(parent
+            .entry
+            .policies
+            .iter()
+            .filter(|p| *p != "default")
+            .cloned()
+            .collect());
     };
     for name in &requested {
         validate_name(name).map_err(|e| Error::BadRequest(e.to_string()))?;
@@ -157,9 +189,13 @@ fn child_policies(parent: &Caller, requested: Option<Vec<String>>) -> Result<Vec
     if parent.entry.is_root() {
         return Ok(requested);
     }
-    if let Some(extra) = requested.iter().find(|p| *p != "default" && !parent.entry.policies.contains(p)) {
-        return Err(Error::BadRequest(format!("child policies must be subset of parent: {extra:?} is not held by the parent")));
+    if let Some(extra) = requested
+        .iter()
+        .find(|p| *p != "default" && !parent.entry.policies.contains(p))
+    {
+        return Err(Error::BadRequest(format!(
+            "child policies must be subset of parent: {extra:?} is not held by the parent"
+        )));
     }
     Ok(requested)
 }
-

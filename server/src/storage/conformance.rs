@@ -21,65 +21,133 @@ fn fresh_prefix() -> String {
 
 async fn get_put_delete(s: &dyn Storage, p: &str) {
     let key = format!("{p}a");
-    assert_eq!(s.get(&key).await.unwrap(), None, "missing key reads as None");
+    assert_eq!(
+        s.get(&key).await.unwrap(),
+        None,
+        "missing key reads as None"
+    );
     let binary: Vec<u8> = (0..=255u8).chain([0, 0, 255]).collect();
-    s.put(&key, binary.clone(), Precondition::None).await.unwrap();
-    assert_eq!(s.get(&key).await.unwrap(), Some(Entry { value: binary, version: 1 }), "binary values round-trip");
+    s.put(&key, binary.clone(), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get(&key).await.unwrap(),
+        Some(Entry {
+            value: binary,
+            version: 1
+        }),
+        "binary values round-trip"
+    );
     let odd_key = format!("{p}with space/日本/ü");
-    s.put(&odd_key, b"x".to_vec(), Precondition::None).await.unwrap();
+    s.put(&odd_key, b"x".to_vec(), Precondition::None)
+        .await
+        .unwrap();
     assert_eq!(s.get(&odd_key).await.unwrap().unwrap().value, b"x");
     s.delete(&key).await.unwrap();
     assert_eq!(s.get(&key).await.unwrap(), None, "deleted key is gone");
     s.delete(&key).await.unwrap();
     let big = vec![7u8; MAX_VALUE_BYTES];
     s.put(&key, big.clone(), Precondition::None).await.unwrap();
-    assert_eq!(s.get(&key).await.unwrap().unwrap().value.len(), MAX_VALUE_BYTES, "values up to the limit are kept");
+    assert_eq!(
+        s.get(&key).await.unwrap().unwrap().value.len(),
+        MAX_VALUE_BYTES,
+        "values up to the limit are kept"
+    );
 }
 
 async fn versions_and_preconditions(s: &dyn Storage, p: &str) {
     let key = format!("{p}cas");
-    s.put(&key, b"1".to_vec(), Precondition::Absent).await.unwrap();
+    s.put(&key, b"1".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
     assert_eq!(
         s.put(&key, b"x".to_vec(), Precondition::Absent).await,
         Err(StorageError::Conflict { key: key.clone() }),
         "Absent fails when the key exists"
     );
-    s.put(&key, b"2".to_vec(), Precondition::Version(1)).await.unwrap();
-    assert_eq!(s.get(&key).await.unwrap().unwrap(), Entry { value: b"2".to_vec(), version: 2 });
+    s.put(&key, b"2".to_vec(), Precondition::Version(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get(&key).await.unwrap().unwrap(),
+        Entry {
+            value: b"2".to_vec(),
+            version: 2
+        }
+    );
     assert_eq!(
         s.put(&key, b"x".to_vec(), Precondition::Version(1)).await,
         Err(StorageError::Conflict { key: key.clone() }),
         "stale version fails"
     );
-    assert_eq!(s.get(&key).await.unwrap().unwrap().value, b"2", "failed write changed nothing");
-    s.put(&key, b"3".to_vec(), Precondition::None).await.unwrap();
-    assert_eq!(s.get(&key).await.unwrap().unwrap().version, 3, "unconditional put still counts");
+    assert_eq!(
+        s.get(&key).await.unwrap().unwrap().value,
+        b"2",
+        "failed write changed nothing"
+    );
+    s.put(&key, b"3".to_vec(), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get(&key).await.unwrap().unwrap().version,
+        3,
+        "unconditional put still counts"
+    );
     let missing = format!("{p}missing");
     assert!(matches!(
-        s.put(&missing, b"x".to_vec(), Precondition::Version(1)).await,
+        s.put(&missing, b"x".to_vec(), Precondition::Version(1))
+            .await,
         Err(StorageError::Conflict { .. })
     ));
     assert!(matches!(
-        s.transact(vec![Op::Delete { key: key.clone(), precondition: Precondition::Version(2) }]).await,
+        s.transact(vec![Op::Delete {
+            key: key.clone(),
+            precondition: Precondition::Version(2)
+        }])
+        .await,
         Err(StorageError::Conflict { .. })
     ));
-    s.transact(vec![Op::Delete { key: key.clone(), precondition: Precondition::Version(3) }]).await.unwrap();
-    s.put(&key, b"again".to_vec(), Precondition::Absent).await.unwrap();
-    assert_eq!(s.get(&key).await.unwrap().unwrap().version, 1, "a re-created key starts over");
+    s.transact(vec![Op::Delete {
+        key: key.clone(),
+        precondition: Precondition::Version(3),
+    }])
+    .await
+    .unwrap();
+    s.put(&key, b"again".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get(&key).await.unwrap().unwrap().version,
+        1,
+        "a re-created key starts over"
+    );
 }
 
 async fn listing(s: &dyn Storage, p: &str) {
-    assert!(s.list(p).await.unwrap().is_empty(), "empty prefix lists nothing");
+    assert!(
+        s.list(p).await.unwrap().is_empty(),
+        "empty prefix lists nothing"
+    );
     for key in ["b", "a", "folder/x", "folder/y/z", "a/deep", "c"] {
-        s.put(&format!("{p}{key}"), b"v".to_vec(), Precondition::None).await.unwrap();
+        s.put(&format!("{p}{key}"), b"v".to_vec(), Precondition::None)
+            .await
+            .unwrap();
     }
-    assert_eq!(s.list(p).await.unwrap(), vec!["a", "a/", "b", "c", "folder/"]);
-    assert_eq!(s.list(&format!("{p}folder/")).await.unwrap(), vec!["x", "y/"]);
+    assert_eq!(
+        s.list(p).await.unwrap(),
+        vec!["a", "a/", "b", "c", "folder/"]
+    );
+    assert_eq!(
+        s.list(&format!("{p}folder/")).await.unwrap(),
+        vec!["x", "y/"]
+    );
     assert_eq!(s.list(&format!("{p}fold")).await.unwrap(), vec!["er/"]);
     assert!(s.list(&format!("{p}nothing/")).await.unwrap().is_empty());
     let many = format!("{p}many/");
     for i in 0..150 {
-        s.put(&format!("{many}k{i:03}"), b"v".to_vec(), Precondition::None).await.unwrap();
+        s.put(&format!("{many}k{i:03}"), b"v".to_vec(), Precondition::None)
+            .await
+            .unwrap();
     }
     let listed = s.list(&many).await.unwrap();
     assert_eq!(listed.len(), 150, "listing is complete beyond one page");
@@ -89,11 +157,24 @@ async fn listing(s: &dyn Storage, p: &str) {
 
 async fn transactions_are_atomic(s: &dyn Storage, p: &str) {
     let (a, b, c) = (format!("{p}a"), format!("{p}b"), format!("{p}c"));
-    s.put(&c, b"old".to_vec(), Precondition::None).await.unwrap();
+    s.put(&c, b"old".to_vec(), Precondition::None)
+        .await
+        .unwrap();
     s.transact(vec![
-        Op::Put { key: a.clone(), value: b"1".to_vec(), precondition: Precondition::Absent },
-        Op::Put { key: b.clone(), value: b"2".to_vec(), precondition: Precondition::Absent },
-        Op::Delete { key: c.clone(), precondition: Precondition::Version(1) },
+        Op::Put {
+            key: a.clone(),
+            value: b"1".to_vec(),
+            precondition: Precondition::Absent,
+        },
+        Op::Put {
+            key: b.clone(),
+            value: b"2".to_vec(),
+            precondition: Precondition::Absent,
+        },
+        Op::Delete {
+            key: c.clone(),
+            precondition: Precondition::Version(1),
+        },
     ])
     .await
     .unwrap();
@@ -102,50 +183,110 @@ async fn transactions_are_atomic(s: &dyn Storage, p: &str) {
 
     let result = s
         .transact(vec![
-            Op::Put { key: c.clone(), value: b"new".to_vec(), precondition: Precondition::Absent },
-            Op::Delete { key: a.clone(), precondition: Precondition::None },
-            Op::Put { key: b.clone(), value: b"x".to_vec(), precondition: Precondition::Version(7) },
+            Op::Put {
+                key: c.clone(),
+                value: b"new".to_vec(),
+                precondition: Precondition::Absent,
+            },
+            Op::Delete {
+                key: a.clone(),
+                precondition: Precondition::None,
+            },
+            Op::Put {
+                key: b.clone(),
+                value: b"x".to_vec(),
+                precondition: Precondition::Version(7),
+            },
         ])
         .await;
-    assert!(matches!(result, Err(StorageError::Conflict { .. })), "one failed precondition fails all");
-    assert!(s.get(&c).await.unwrap().is_none(), "no op of a failed transaction is applied");
+    assert!(
+        matches!(result, Err(StorageError::Conflict { .. })),
+        "one failed precondition fails all"
+    );
+    assert!(
+        s.get(&c).await.unwrap().is_none(),
+        "no op of a failed transaction is applied"
+    );
     assert!(s.get(&a).await.unwrap().is_some());
     assert_eq!(s.get(&b).await.unwrap().unwrap().value, b"2");
 
     let full: Vec<Op> = (0..MAX_TRANSACTION_OPS)
-        .map(|i| Op::Put { key: format!("{p}full/{i}"), value: vec![1], precondition: Precondition::Absent })
+        .map(|i| Op::Put {
+            key: format!("{p}full/{i}"),
+            value: vec![1],
+            precondition: Precondition::Absent,
+        })
         .collect();
     s.transact(full).await.unwrap();
-    assert_eq!(s.list(&format!("{p}full/")).await.unwrap().len(), MAX_TRANSACTION_OPS);
+    assert_eq!(
+        s.list(&format!("{p}full/")).await.unwrap().len(),
+        MAX_TRANSACTION_OPS
+    );
 }
 
 async fn invalid_requests_are_refused(s: &dyn Storage, p: &str) {
     let key = format!("{p}big");
     let too_big = vec![0u8; MAX_VALUE_BYTES + 1];
-    assert!(matches!(s.put(&key, too_big, Precondition::None).await, Err(StorageError::TooLarge { .. })));
-    assert!(s.get(&key).await.unwrap().is_none(), "oversized value is refused before the write");
+    assert!(matches!(
+        s.put(&key, too_big, Precondition::None).await,
+        Err(StorageError::TooLarge { .. })
+    ));
+    assert!(
+        s.get(&key).await.unwrap().is_none(),
+        "oversized value is refused before the write"
+    );
     let too_many: Vec<Op> = (0..=MAX_TRANSACTION_OPS)
-        .map(|i| Op::Put { key: format!("{p}x{i}"), value: vec![1], precondition: Precondition::None })
+        .map(|i| Op::Put {
+            key: format!("{p}x{i}"),
+            value: vec![1],
+            precondition: Precondition::None,
+        })
         .collect();
-    assert!(matches!(s.transact(too_many).await, Err(StorageError::Invalid(_))));
-    assert!(s.list(p).await.unwrap().is_empty(), "refused transaction wrote nothing");
+    assert!(matches!(
+        s.transact(too_many).await,
+        Err(StorageError::Invalid(_))
+    ));
+    assert!(
+        s.list(p).await.unwrap().is_empty(),
+        "refused transaction wrote nothing"
+    );
     let twice = vec![
-        Op::Put { key: format!("{p}d"), value: vec![1], precondition: Precondition::None },
-        Op::Delete { key: format!("{p}d"), precondition: Precondition::None },
+        Op::Put {
+            key: format!("{p}d"),
+            value: vec![1],
+            precondition: Precondition::None,
+        },
+        Op::Delete {
+            key: format!("{p}d"),
+            precondition: Precondition::None,
+        },
     ];
-    assert!(matches!(s.transact(twice).await, Err(StorageError::Invalid(_))));
-    assert!(matches!(s.transact(vec![]).await, Err(StorageError::Invalid(_))));
+    assert!(matches!(
+        s.transact(twice).await,
+        Err(StorageError::Invalid(_))
+    ));
+    assert!(matches!(
+        s.transact(vec![]).await,
+        Err(StorageError::Invalid(_))
+    ));
 }
 
 async fn racing_writers_have_one_winner(s: Arc<dyn Storage>, p: &str) {
     let key = format!("{p}race");
-    s.put(&key, b"0".to_vec(), Precondition::None).await.unwrap();
+    s.put(&key, b"0".to_vec(), Precondition::None)
+        .await
+        .unwrap();
     for round in 1..=5u64 {
         let writers: Vec<_> = (0..8)
             .map(|writer| {
                 let (s, key) = (s.clone(), key.clone());
                 tokio::spawn(async move {
-                    s.put(&key, format!("{round}-{writer}").into_bytes(), Precondition::Version(round)).await
+                    s.put(
+                        &key,
+                        format!("{round}-{writer}").into_bytes(),
+                        Precondition::Version(round),
+                    )
+                    .await
                 })
             })
             .collect();
@@ -157,7 +298,10 @@ async fn racing_writers_have_one_winner(s: Arc<dyn Storage>, p: &str) {
                 Err(other) => panic!("racing write failed with {other}"),
             }
         }
-        assert_eq!(winners, 1, "round {round}: exactly one conditional write wins");
+        assert_eq!(
+            winners, 1,
+            "round {round}: exactly one conditional write wins"
+        );
         assert_eq!(s.get(&key).await.unwrap().unwrap().version, round + 1);
     }
 }

@@ -30,8 +30,15 @@ pub enum Precondition {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Put { key: String, value: Vec<u8>, precondition: Precondition },
-    Delete { key: String, precondition: Precondition },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        precondition: Precondition,
+    },
+    Delete {
+        key: String,
+        precondition: Precondition,
+    },
 }
 
 impl Op {
@@ -48,7 +55,11 @@ pub enum StorageError {
     #[error("conditional write failed on {key}")]
     Conflict { key: String },
     #[error("value for {key} is {size} bytes, over the storage limit of {limit} bytes")]
-    TooLarge { key: String, size: usize, limit: usize },
+    TooLarge {
+        key: String,
+        size: usize,
+        limit: usize,
+    },
     #[error("invalid storage request: {0}")]
     Invalid(String),
     #[error("storage unavailable: {0}")]
@@ -69,12 +80,26 @@ pub trait Storage: Send + Sync + 'static {
     /// Applies every op or none. At most [`MAX_TRANSACTION_OPS`] ops, each key at most once.
     async fn transact(&self, ops: Vec<Op>) -> Result<(), StorageError>;
 
-    async fn put(&self, key: &str, value: Vec<u8>, precondition: Precondition) -> Result<(), StorageError> {
-        self.transact(vec![Op::Put { key: key.to_owned(), value, precondition }]).await
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        precondition: Precondition,
+    ) -> Result<(), StorageError> {
+        self.transact(vec![Op::Put {
+            key: key.to_owned(),
+            value,
+            precondition,
+        }])
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.transact(vec![Op::Delete { key: key.to_owned(), precondition: Precondition::None }]).await
+        self.transact(vec![Op::Delete {
+            key: key.to_owned(),
+            precondition: Precondition::None,
+        }])
+        .await
     }
 }
 
@@ -89,7 +114,9 @@ pub fn validate_transaction(ops: &[Op]) -> Result<(), StorageError> {
     let mut keys: Vec<&str> = ops.iter().map(Op::key).collect();
     keys.sort_unstable();
     if keys.windows(2).any(|w| w[0] == w[1]) {
-        return Err(StorageError::Invalid("a transaction names the same key twice".into()));
+        return Err(StorageError::Invalid(
+            "a transaction names the same key twice".into(),
+        ));
     }
     for op in ops {
         if op.key().is_empty() {
@@ -97,7 +124,11 @@ pub fn validate_transaction(ops: &[Op]) -> Result<(), StorageError> {
         }
         if let Op::Put { key, value, .. } = op {
             if value.len() > MAX_VALUE_BYTES {
-                return Err(StorageError::TooLarge { key: key.clone(), size: value.len(), limit: MAX_VALUE_BYTES });
+                return Err(StorageError::TooLarge {
+                    key: key.clone(),
+                    size: value.len(),
+                    limit: MAX_VALUE_BYTES,
+                });
             }
         }
     }
@@ -105,10 +136,15 @@ pub fn validate_transaction(ops: &[Op]) -> Result<(), StorageError> {
 }
 
 /// Folds full keys below `prefix` into sorted, de-duplicated immediate children.
-pub fn immediate_children<'a>(prefix: &str, keys: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+pub fn immediate_children<'a>(
+    prefix: &str,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for key in keys {
-        let Some(rest) = key.strip_prefix(prefix) else { continue };
+        let Some(rest) = key.strip_prefix(prefix) else {
+            continue;
+        };
         let child = match rest.find('/') {
             Some(at) => &rest[..=at],
             None => rest,

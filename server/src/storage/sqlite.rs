@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use super::{immediate_children, validate_transaction, Entry, Op, Precondition, Storage, StorageError};
+use super::{
+    immediate_children, validate_transaction, Entry, Op, Precondition, Storage, StorageError,
+};
 
 const READERS: usize = 4;
 
@@ -25,14 +27,19 @@ fn unavailable(error: impl std::fmt::Display) -> StorageError {
 
 fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StorageError> {
     let connection = Connection::open_with_flags(path, flags).map_err(unavailable)?;
-    connection.busy_timeout(std::time::Duration::from_secs(10)).map_err(unavailable)?;
+    connection
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(unavailable)?;
     Ok(connection)
 }
 
 impl SqliteStorage {
     /// Opens (creating if needed, mode 0600) the database file.
     pub fn open(path: &Path) -> Result<SqliteStorage, StorageError> {
-        let writer = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        let writer = open(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
         restrict_permissions(path);
         // FULL keeps every acknowledged write through power loss; secrets are worth the fsync.
         writer
@@ -105,8 +112,13 @@ impl Storage for SqliteStorage {
         self.read(move |c| {
             c.prepare_cached("SELECT value, version FROM items WHERE key = ?1")
                 .and_then(|mut s| {
-                    s.query_row(params![key], |row| Ok(Entry { value: row.get(0)?, version: row.get::<_, i64>(1)? as u64 }))
-                        .optional()
+                    s.query_row(params![key], |row| {
+                        Ok(Entry {
+                            value: row.get(0)?,
+                            version: row.get::<_, i64>(1)? as u64,
+                        })
+                    })
+                    .optional()
                 })
                 .map_err(unavailable)
         })
@@ -120,7 +132,9 @@ impl Storage for SqliteStorage {
                 .prepare_cached("SELECT key FROM items WHERE key >= ?1 AND key < ?2 ORDER BY key")
                 .map_err(unavailable)?;
             let keys = statement
-                .query_map(params![prefix, prefix_end(&prefix)], |row| row.get::<_, String>(0))
+                .query_map(params![prefix, prefix_end(&prefix)], |row| {
+                    row.get::<_, String>(0)
+                })
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(unavailable)?;
             Ok(immediate_children(&prefix, keys.iter().map(String::as_str)))
@@ -186,14 +200,26 @@ mod tests {
         let path = dir.path().join("kinko.db");
         {
             let storage = SqliteStorage::open(&path).unwrap();
-            storage.put("a", b"1".to_vec(), Precondition::Absent).await.unwrap();
+            storage
+                .put("a", b"1".to_vec(), Precondition::Absent)
+                .await
+                .unwrap();
         }
         let storage = SqliteStorage::open(&path).unwrap();
-        assert_eq!(storage.get("a").await.unwrap(), Some(Entry { value: b"1".to_vec(), version: 1 }));
+        assert_eq!(
+            storage.get("a").await.unwrap(),
+            Some(Entry {
+                value: b"1".to_vec(),
+                version: 1
+            })
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
     }
 }
