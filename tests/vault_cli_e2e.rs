@@ -48,7 +48,10 @@ impl Cli<'_> {
     fn json(&self, args: &[&str]) -> serde_json::Value {
         // Flags go after the (sub)command words: before the first flag or path.
         let mut all = args.to_vec();
-        let at = all.iter().position(|a| a.starts_with('-') || a.contains('/')).unwrap_or(all.len());
+        let at = all
+            .iter()
+            .position(|a| a.starts_with('-') || a.contains('/'))
+            .unwrap_or(all.len());
         all.insert(at, "-format=json");
         serde_json::from_str(&self.ok(&all)).expect("JSON output")
     }

@@ -31,13 +31,7 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
             }
         }
         ("data", Operation::Write) => {
-            let data = req
-                .body
-                .object("data")?
-                .ok_or_else(|| {
-                    Error::bad_request("no data provided: the body needs a \"data\" object")
-                })?
-                .clone();
+            let data = data_object(req)?;
             let cas = cas_option(req)?;
             authorize_create_or_update(u, req, || kv.exists(key)).await?;
             Ok(Reply::Data(kv.write(key, data, cas).await?))
@@ -53,13 +47,7 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
                     "PATCH requires Content-Type: application/merge-patch+json".into(),
                 ));
             }
-            let patch = req
-                .body
-                .object("data")?
-                .ok_or_else(|| {
-                    Error::bad_request("no data provided: the body needs a \"data\" object")
-                })?
-                .clone();
+            let patch = data_object(req)?;
             let cas = cas_option(req)?;
             authorize(u, req, Capability::Patch).await?;
             Ok(Reply::Data(kv.patch(key, patch, cas).await?))
@@ -124,6 +112,14 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
         }
         _ => Err(Error::NotFound),
     }
+}
+
+/// The `data` object of a secret write or patch.
+fn data_object(req: &Req) -> Result<serde_json::Map<String, serde_json::Value>> {
+    req.body
+        .object("data")?
+        .cloned()
+        .ok_or_else(|| Error::bad_request("no data provided: the body needs a \"data\" object"))
 }
 
 fn cas_option(req: &Req) -> Result<Option<u64>> {
