@@ -11,7 +11,7 @@ use crate::barrier::Keyring;
 use crate::clock::now_unix;
 use crate::encrypted::{seal_keyring, EncryptedStorage, Write, KEYRING_PATH};
 use crate::error::{Error, Result};
-use crate::mounts::{Mount, MountTable, MOUNTS_PATH};
+use crate::mounts::{Mount, MountTable, AUTH_PATH, MOUNTS_PATH};
 use crate::policies::{policy_write, PolicyStore};
 use crate::policy::DEFAULT_POLICY;
 use crate::seal::{hex, Seal};
@@ -70,6 +70,27 @@ pub struct Unsealed {
     pub tokens: TokenStore,
     pub policies: PolicyStore,
     pub mounts: MountTable,
+    /// Auth methods enabled under `auth/` (the token method is built in).
+    pub auth: MountTable,
+}
+
+impl Unsealed {
+    async fn load(
+        cluster_id: String,
+        store: EncryptedStorage,
+        tokens: TokenStore,
+    ) -> Result<Unsealed> {
+        let mounts = MountTable::load(&store, MOUNTS_PATH).await?;
+        let auth = MountTable::load(&store, AUTH_PATH).await?;
+        Ok(Unsealed {
+            cluster_id,
+            store,
+            tokens,
+            policies: PolicyStore::default(),
+            mounts,
+            auth,
+        })
+    }
 }
 
 pub struct Core {
@@ -191,7 +212,7 @@ impl Core {
         });
         writes.push(policy_write("default", DEFAULT_POLICY)?);
         if request.mount_secret_kv {
-            let mounts = vec![Mount::new("secret/", "key/value secret storage")];
+            let mounts = vec![Mount::new("secret/", "kv", "key/value secret storage")];
             writes.push(Write::put_json(MOUNTS_PATH, &mounts, Precondition::Absent));
         }
         let mut ops = vec![
@@ -217,14 +238,7 @@ impl Core {
             Err(StorageError::Conflict { .. }) => return Err(Error::AlreadyInitialized),
             Err(other) => return Err(other.into()),
         }
-        let mounts = MountTable::load(&store).await?;
-        self.install(Unsealed {
-            cluster_id,
-            store,
-            tokens,
-            policies: PolicyStore::default(),
-            mounts,
-        });
+        self.install(Unsealed::load(cluster_id, store, tokens).await?);
         tracing::info!(cluster = %self.cluster_name, "initialized and unsealed");
         Ok(InitResult {
             recovery_keys,
@@ -264,14 +278,9 @@ impl Core {
             .await?
             .and_then(|plain| Key256::from_slice(plain.bytes.expose()))
             .ok_or_else(|| Error::Internal("token key missing from storage".into()))?;
-        let mounts = MountTable::load(&store).await?;
-        self.install(Unsealed {
-            cluster_id: config.cluster_id.clone(),
-            store,
-            tokens: TokenStore::new(token_key),
-            policies: PolicyStore::default(),
-            mounts,
-        });
+        self.install(
+            Unsealed::load(config.cluster_id.clone(), store, TokenStore::new(token_key)).await?,
+        );
         tracing::info!(cluster_id = %config.cluster_id, seal = self.seal.kind(), "unsealed");
         Ok(())
     }

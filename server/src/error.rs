@@ -11,6 +11,9 @@ pub enum Error {
     BadRequest(String),
     #[error("permission denied")]
     PermissionDenied,
+    /// A 403 with a specific reason (Kubernetes login: "namespace not authorized").
+    #[error("{0}")]
+    Forbidden(String),
     /// Vault answers an unknown path or missing item with 404 and no message.
     #[error("not found")]
     NotFound,

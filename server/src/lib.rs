@@ -8,6 +8,7 @@ pub mod duration;
 pub mod encrypted;
 pub mod error;
 pub mod http;
+pub mod kubernetes;
 pub mod kv;
 pub mod mounts;
 pub mod path;

@@ -1,4 +1,5 @@
-//! The mount table: which logical paths are KV v2 engines, each with its own storage prefix.
+//! Mount tables: which paths are KV v2 engines (`core/mounts`) and which are auth methods under
+//! `auth/` (`core/auth`), each mount with its own storage prefix.
 
 use std::sync::{Arc, RwLock};
 
@@ -12,6 +13,7 @@ use crate::path::validate_logical_path;
 use crate::storage::Precondition;
 
 pub const MOUNTS_PATH: &str = "core/mounts";
+pub const AUTH_PATH: &str = "core/auth";
 const RESERVED: [&str; 6] = [
     "sys/",
     "auth/",
@@ -23,20 +25,32 @@ const RESERVED: [&str; 6] = [
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Mount {
-    /// With a trailing `/`, e.g. `secret/`.
+    /// With a trailing `/`, e.g. `secret/` (auth methods: relative to `auth/`, e.g. `kubernetes/`).
     pub path: String,
+    /// `kv` for secrets engines; the method (`kubernetes`) for auth mounts.
+    #[serde(default = "kv_kind")]
+    pub kind: String,
     pub uuid: String,
     pub accessor: String,
     pub description: String,
     pub created_time: String,
 }
 
+fn kv_kind() -> String {
+    "kv".into()
+}
+
 impl Mount {
-    pub fn new(path: &str, description: &str) -> Mount {
+    pub fn new(path: &str, kind: &str, description: &str) -> Mount {
         let uuid = uuid::Uuid::new_v4().to_string();
         Mount {
             path: path.to_owned(),
-            accessor: format!("kv_{}", &uuid[..8]),
+            kind: kind.to_owned(),
+            accessor: if kind == "kv" {
+                format!("kv_{}", &uuid[..8])
+            } else {
+                format!("auth_{kind}_{}", &uuid[..8])
+            },
             uuid,
             description: description.to_owned(),
             created_time: rfc3339(now()),
@@ -45,7 +59,11 @@ impl Mount {
 
     /// Where this engine's items live in storage.
     pub fn storage_prefix(&self) -> String {
-        format!("logical/{}/", self.uuid)
+        if self.kind == "kv" {
+            format!("logical/{}/", self.uuid)
+        } else {
+            format!("auth/{}/", self.uuid)
+        }
     }
 
     /// The shape of one entry of `GET sys/mounts` (and of `sys/internal/ui/mounts`).
@@ -56,12 +74,12 @@ impl Mount {
             "description": self.description,
             "external_entropy_access": false,
             "local": false,
-            "options": { "version": "2" },
+            "options": if self.kind == "kv" { json!({ "version": "2" }) } else { Value::Null },
             "plugin_version": "",
             "running_plugin_version": "",
             "running_sha256": "",
             "seal_wrap": false,
-            "type": "kv",
+            "type": self.kind,
             "uuid": self.uuid,
         })
     }
@@ -84,19 +102,36 @@ pub fn normalise_mount_path(raw: &str) -> Result<String> {
     Ok(path)
 }
 
-#[derive(Default)]
+/// Normalises an auth method path (relative to `auth/`); `token/` is built in.
+pub fn normalise_auth_path(raw: &str) -> Result<String> {
+    let trimmed = raw.trim_matches('/');
+    if trimmed.is_empty() {
+        return Err(Error::bad_request("auth method path is empty"));
+    }
+    validate_logical_path(trimmed)
+        .map_err(|e| Error::BadRequest(format!("invalid auth method path: {e}")))?;
+    if trimmed == "token" || trimmed.starts_with("token/") {
+        return Err(Error::bad_request("path is already in use at token/"));
+    }
+    Ok(format!("{trimmed}/"))
+}
+
 pub struct MountTable {
+    /// The storage item holding this table.
+    key: &'static str,
     mounts: RwLock<Arc<Vec<Mount>>>,
 }
 
 impl MountTable {
-    pub async fn load(store: &EncryptedStorage) -> Result<MountTable> {
+    /// Loads the table stored at `key` ([`MOUNTS_PATH`] or [`AUTH_PATH`]).
+    pub async fn load(store: &EncryptedStorage, key: &'static str) -> Result<MountTable> {
         let mounts: Vec<Mount> = store
-            .get_json(MOUNTS_PATH)
+            .get_json(key)
             .await?
             .map(|(m, _)| m)
             .unwrap_or_default();
         Ok(MountTable {
+            key,
             mounts: RwLock::new(Arc::new(mounts)),
         })
     }
@@ -152,14 +187,14 @@ impl MountTable {
         mut edit: impl FnMut(&mut Vec<Mount>) -> Result<()>,
     ) -> Result<()> {
         for _ in 0..10 {
-            let stored: Option<(Vec<Mount>, u64)> = store.get_json(MOUNTS_PATH).await?;
+            let stored: Option<(Vec<Mount>, u64)> = store.get_json(self.key).await?;
             let (mut mounts, precondition) = match stored {
                 Some((m, version)) => (m, Precondition::Version(version)),
                 None => (Vec::new(), Precondition::Absent),
             };
             edit(&mut mounts)?;
             match store
-                .transact(vec![Write::put_json(MOUNTS_PATH, &mounts, precondition)])
+                .transact(vec![Write::put_json(self.key, &mounts, precondition)])
                 .await
             {
                 Ok(()) => {

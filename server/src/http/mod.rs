@@ -3,6 +3,7 @@
 //! place (`respond`).
 
 mod body;
+mod kubernetes;
 mod kv;
 mod sys;
 mod token;
@@ -101,6 +102,8 @@ fn mount_type(path: &str) -> &'static str {
         "system"
     } else if path.starts_with("auth/token") {
         "token"
+    } else if path.starts_with("auth/") {
+        "kubernetes"
     } else {
         "kv"
     }
@@ -165,11 +168,16 @@ async fn route(app: &App, req: &Req) -> Result<Reply> {
         return sys::route(app, req).await;
     }
     let unsealed = app.core.unsealed()?;
-    if let Some(rest) = path.strip_prefix("auth/token/") {
-        return token::route(&unsealed, req, rest).await;
-    }
-    if path.starts_with("auth/") {
-        return Err(Error::NotFound);
+    if let Some(rest) = path.strip_prefix("auth/") {
+        if let Some(rest) = rest.strip_prefix("token/") {
+            return token::route(&unsealed, req, rest).await;
+        }
+        return match unsealed.auth.resolve(rest) {
+            Some((mount, rest)) if mount.kind == "kubernetes" => {
+                kubernetes::route(&unsealed, req, &mount, rest).await
+            }
+            _ => Err(Error::NotFound),
+        };
     }
     match unsealed.mounts.resolve(path) {
         Some((mount, rest)) => kv::route(&unsealed, req, &mount, rest).await,
@@ -277,6 +285,7 @@ pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Respo
         Err(error) => {
             let (status, errors): (StatusCode, Vec<String>) = match &error {
                 Error::BadRequest(message) => (StatusCode::BAD_REQUEST, vec![message.clone()]),
+                Error::Forbidden(message) => (StatusCode::FORBIDDEN, vec![message.clone()]),
                 Error::PermissionDenied => {
                     (StatusCode::FORBIDDEN, vec!["permission denied".into()])
                 }

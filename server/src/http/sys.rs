@@ -8,7 +8,7 @@ use super::{authenticate, authorize, App, Operation, Reply, Req};
 use crate::clock::{now_unix, rfc3339_unix};
 use crate::core::{InitRequest, Unsealed, VERSION};
 use crate::error::{Error, Result};
-use crate::mounts::{normalise_mount_path, Mount};
+use crate::mounts::{normalise_auth_path, normalise_mount_path, Mount};
 use crate::policy::Capability;
 
 pub async fn route(app: &App, req: &Req) -> Result<Reply> {
@@ -332,7 +332,7 @@ async fn mounts(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
             }
             let description = req.body.str("description")?.unwrap_or_default();
             u.mounts
-                .add(&u.store, Mount::new(&path, description))
+                .add(&u.store, Mount::new(&path, "kv", description))
                 .await?;
             Ok(Reply::NoContent)
         }
@@ -416,20 +416,49 @@ async fn auth_methods(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
     match (name, req.op) {
         ("", Operation::Read) => {
             authorize(u, req, Capability::Read).await?;
-            Ok(Reply::Compat(json!({ "token/": token_auth_method() })))
+            let mut all = Map::new();
+            all.insert("token/".into(), token_auth_method());
+            for mount in u.auth.all().iter() {
+                all.insert(mount.path.clone(), mount.describe());
+            }
+            Ok(Reply::Compat(Value::Object(all)))
         }
-        (_, Operation::Write) if !name.is_empty() => {
+        ("", _) => Err(Error::MethodNotAllowed),
+        (_, Operation::Write) => {
             authorize(u, req, Capability::Sudo).await?;
             let kind = req
                 .body
                 .str("type")?
                 .ok_or_else(|| Error::bad_request("missing required field \"type\""))?;
-            if kind == "token" || name.trim_end_matches('/') == "token" {
-                return Err(Error::bad_request("path is already in use at token/"));
+            let path = normalise_auth_path(name)?;
+            if kind != "kubernetes" {
+                return Err(Error::BadRequest(format!(
+                    "unsupported auth method type {kind:?}: kinko has token (built in) and kubernetes"
+                )));
             }
-            Err(Error::BadRequest(format!(
-                "unsupported auth method type {kind:?}: this kinko has token"
-            )))
+            let description = req.body.str("description")?.unwrap_or_default();
+            u.auth
+                .add(&u.store, Mount::new(&path, kind, description))
+                .await?;
+            Ok(Reply::NoContent)
+        }
+        (_, Operation::Delete) => {
+            authorize(u, req, Capability::Sudo).await?;
+            let path = normalise_auth_path(name)?;
+            if let Some(mount) = u.auth.remove(&u.store, &path).await? {
+                purge_prefix(u, &mount.storage_prefix()).await?;
+            }
+            Ok(Reply::NoContent)
+        }
+        (_, Operation::Read) => {
+            authorize(u, req, Capability::Read).await?;
+            let path = normalise_auth_path(name)?;
+            let mounts = u.auth.all();
+            let mount = mounts
+                .iter()
+                .find(|m| m.path == path)
+                .ok_or(Error::NotFound)?;
+            Ok(Reply::Compat(mount.describe()))
         }
         _ => Err(Error::MethodNotAllowed),
     }
