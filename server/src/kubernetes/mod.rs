@@ -369,7 +369,7 @@ pub async fn login(u: &Unsealed, mount: &Mount, role_name: &str, token: &str) ->
                 role_name,
             ));
         }
-        if !outcome.audiences.iter().any(|a| *a == role.audience) {
+        if !outcome.audiences.contains(&role.audience) {
             return Err(denied(
                 "the API server did not confirm the role's audience",
                 role_name,

@@ -142,11 +142,14 @@ struct Identity {
     audiences: Vec<String>,
 }
 
+/// A review as received: the bearer token it came with, and its body.
+pub type ReceivedReview = (Option<String>, Value);
+
 #[derive(Clone, Default)]
 struct ReviewState {
     reviewer_token: String,
     known: Arc<Mutex<HashMap<String, Identity>>>,
-    requests: Arc<Mutex<Vec<(Option<String>, Value)>>>,
+    requests: Arc<Mutex<Vec<ReceivedReview>>>,
 }
 
 /// A local HTTPS endpoint that answers `POST /apis/authentication.k8s.io/v1/tokenreviews`
@@ -221,7 +224,7 @@ impl TokenReviewServer {
     }
 
     /// Every review received: the bearer token it came with, and its body.
-    pub fn requests(&self) -> Vec<(Option<String>, Value)> {
+    pub fn requests(&self) -> Vec<ReceivedReview> {
         self.state.requests.lock().unwrap().clone()
     }
 
