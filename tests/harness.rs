@@ -85,6 +85,7 @@ impl Kinko {
     }
 
     fn spawn(mut command: Command, log_dir: &Path, ready_line: &str, ca: PathBuf) -> Kinko {
+        std::fs::create_dir_all(log_dir).expect("log directory");
         let stderr = log_dir.join(format!("kinko-{}.stderr", std::process::id()));
         let mut child = command
             .stdin(Stdio::null())
