@@ -551,3 +551,74 @@ async fn supervise_forwards_signals_passes_exit_codes_and_restarts_on_change() {
         "{errors}"
     );
 }
+
+/// The static envrun alone in an otherwise empty root directory (what a scratch image holds,
+/// plus the /etc/hosts and /etc/resolv.conf that the kubelet mounts into every container):
+/// it resolves the server's name, verifies TLS, fetches, and execs.
+#[tokio::test]
+async fn the_static_binary_works_in_an_empty_root() {
+    let binary = std::env::var("KINKO_ENVRUN_STATIC").expect(
+        "KINKO_ENVRUN_STATIC is not set: run ./scripts/test, which builds the static envrun",
+    );
+    let s = setup().await;
+    let root = s.dir.path().join("scratch");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy(&binary, root.join("envrun")).unwrap();
+    std::fs::copy(&s.server.ca, root.join("ca.pem")).unwrap();
+    std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost kinko.test\n").unwrap();
+    std::fs::write(
+        root.join("etc/resolv.conf"),
+        "nameserver 127.0.0.1\noptions ndots:1\n",
+    )
+    .unwrap();
+    let port = s.server.addr.rsplit(':').next().unwrap();
+    let in_root = |args: &[&str]| {
+        let mut command = Command::new(kinko_e2e::tool("chroot"));
+        command
+            .arg(&root)
+            .arg("/envrun")
+            .args(args)
+            .env_clear()
+            .env("KINKO_ADDR", format!("https://localhost:{port}"))
+            .env("KINKO_CACERT", "/ca.pem")
+            .env("KINKO_TOKEN", ROOT)
+            .stdin(Stdio::null());
+        command
+    };
+    let output = run(&mut in_root(&[
+        "--dry-run",
+        "--upcase",
+        "--secret",
+        "secret/app/db",
+    ]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "SECRET_APP_DB_PASSWORD\nSECRET_APP_DB_USER\n"
+    );
+    let output = run(&mut in_root(&[
+        "--secret",
+        "secret/app/db",
+        "--",
+        "/envrun",
+        "--version",
+    ]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).starts_with("envrun "),
+        "exec works without a shell or libc"
+    );
+    assert!(
+        readelf_has_no_interpreter(Path::new(&binary)),
+        "the binary is static"
+    );
+}
+
+fn readelf_has_no_interpreter(binary: &Path) -> bool {
+    let output = Command::new("readelf")
+        .arg("-l")
+        .arg(binary)
+        .output()
+        .expect("readelf");
+    output.status.success() && !String::from_utf8_lossy(&output.stdout).contains("INTERP")
+}

@@ -116,7 +116,10 @@ impl ClientBuilder {
             .map_err(|e| Error::Ca(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder();
+        #[cfg(feature = "hickory-dns")]
+        let builder = builder.hickory_dns(true);
+        let http = builder
             .use_preconfigured_tls(tls)
             .https_only(true)
             .timeout(self.timeout)
