@@ -174,7 +174,7 @@ impl Resolver {
         let mut fetcher = Fetcher {
             client,
             retries: self.settings.retries,
-            mounts: HashMap::new(),
+            mounts: Vec::new(),
             secrets: HashMap::new(),
         };
         let mut assembled = Assembled::new(self.plan.allow_override);
@@ -283,20 +283,15 @@ fn missing_key(secret: &SecretRef, key: &str) -> ResolveError {
 struct Fetcher {
     client: Client,
     retries: u32,
-    /// Path → its KV mount (`secret/`).
-    mounts: HashMap<String, String>,
+    /// KV mounts found so far (`secret/`).
+    mounts: Vec<String>,
     secrets: HashMap<(String, Option<u64>), Map<String, Value>>,
 }
 
 impl Fetcher {
     async fn mount_of(&mut self, path: &str) -> Result<String, ResolveError> {
-        if let Some(mount) = self
-            .mounts
-            .iter()
-            .find(|(p, _)| path.starts_with(p.as_str()))
-            .map(|(_, m)| m.clone())
-        {
-            return Ok(mount);
+        if let Some(mount) = self.mounts.iter().find(|m| path.starts_with(m.as_str())) {
+            return Ok(mount.clone());
         }
         // The same preflight the vault CLI does: which mount, which KV version.
         let preflight = format!("sys/internal/ui/mounts/{path}");
@@ -315,7 +310,7 @@ impl Fetcher {
                 reason: "is not under a KV mount".into(),
             });
         }
-        self.mounts.insert(mount.clone(), mount.clone());
+        self.mounts.push(mount.clone());
         Ok(mount)
     }
 

@@ -1,7 +1,11 @@
 //! The embedded default backend: one SQLite file in WAL mode (rusqlite, bundled SQLite).
 //!
-//! Writes go through one connection in `BEGIN IMMEDIATE` transactions; reads use a small pool
-//! of their own connections, so readers never wait on the writer (WAL) or on each other.
+//! Writes go to one writer thread that commits them in groups: it takes every transaction
+//! waiting in its queue, applies each inside its own savepoint (a failed precondition rolls back
+//! only that transaction), commits once with `synchronous=FULL`, and then answers each caller.
+//! Concurrent writers so share one fsync instead of queueing for one each, and no write is
+//! acknowledged before it is durable. Reads use a small pool of their own connections, so
+//! readers never wait on the writer (WAL) or on each other.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,9 +18,16 @@ use super::{
 };
 
 const READERS: usize = 4;
+/// Most transactions one group commit takes.
+const MAX_GROUP: usize = 256;
+
+struct WriteRequest {
+    ops: Vec<Op>,
+    done: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
+}
 
 pub struct SqliteStorage {
-    writer: Arc<Mutex<Connection>>,
+    writes: std::sync::mpsc::Sender<WriteRequest>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
 }
@@ -56,8 +67,13 @@ impl SqliteStorage {
         let readers = (0..READERS)
             .map(|_| open(path, OpenFlags::SQLITE_OPEN_READ_ONLY))
             .collect::<Result<Vec<_>, _>>()?;
+        let (writes, queue) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("kinko-sqlite-writer".into())
+            .spawn(move || write_loop(writer, queue))
+            .map_err(unavailable)?;
         Ok(SqliteStorage {
-            writer: Arc::new(Mutex::new(writer)),
+            writes,
             readers: Arc::new(Mutex::new(readers)),
             path: path.to_owned(),
         })
@@ -144,43 +160,85 @@ impl Storage for SqliteStorage {
 
     async fn transact(&self, ops: Vec<Op>) -> Result<(), StorageError> {
         validate_transaction(&ops)?;
-        let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut connection = writer.lock().expect("writer poisoned");
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-            for op in &ops {
-                let key = op.key();
-                let current: Option<i64> = tx
-                    .prepare_cached("SELECT version FROM items WHERE key = ?1")
-                    .and_then(|mut s| s.query_row(params![key], |row| row.get(0)).optional())
-                    .map_err(unavailable)?;
-                let precondition = match op {
-                    Op::Put { precondition, .. } | Op::Delete { precondition, .. } => *precondition,
-                };
-                let holds = match precondition {
-                    Precondition::None => true,
-                    Precondition::Absent => current.is_none(),
-                    Precondition::Version(v) => current == Some(v as i64),
-                };
-                if !holds {
-                    return Err(StorageError::Conflict { key: key.to_owned() });
-                }
-                match op {
-                    Op::Put { key, value, .. } => tx
-                        .prepare_cached("INSERT OR REPLACE INTO items (key, value, version) VALUES (?1, ?2, ?3)")
-                        .and_then(|mut s| s.execute(params![key, value, current.unwrap_or(0) + 1]))
-                        .map_err(unavailable)?,
-                    Op::Delete { key, .. } => tx
-                        .prepare_cached("DELETE FROM items WHERE key = ?1")
-                        .and_then(|mut s| s.execute(params![key]))
-                        .map_err(unavailable)?,
-                };
-            }
-            tx.commit().map_err(unavailable)
-        })
-        .await
-        .map_err(unavailable)?
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.writes
+            .send(WriteRequest { ops, done })
+            .map_err(|_| StorageError::Unavailable("sqlite: the writer thread has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StorageError::Unavailable("sqlite: the writer thread has stopped".into()))?
     }
+}
+
+/// Runs until every `SqliteStorage` handle is dropped.
+fn write_loop(mut connection: Connection, queue: std::sync::mpsc::Receiver<WriteRequest>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let results = commit_group(&mut connection, &group);
+        for (request, result) in group.into_iter().zip(results) {
+            let _ = request.done.send(result);
+        }
+    }
+}
+
+fn commit_group(connection: &mut Connection, group: &[WriteRequest]) -> Vec<Result<(), StorageError>> {
+    let all_fail = |error: rusqlite::Error| group.iter().map(|_| Err(unavailable(&error))).collect();
+    let mut tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(error) => return all_fail(error),
+    };
+    let mut results = Vec::with_capacity(group.len());
+    for request in group {
+        let result = tx.savepoint().map_err(unavailable).and_then(|savepoint| {
+            apply(&savepoint, &request.ops)?;
+            savepoint.commit().map_err(unavailable)
+        });
+        // A savepoint dropped without commit rolls back only its own transaction.
+        results.push(result);
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(error) => all_fail(error),
+    }
+}
+
+/// Checks each precondition and applies the ops, inside the caller's savepoint.
+fn apply(connection: &Connection, ops: &[Op]) -> Result<(), StorageError> {
+    for op in ops {
+        let key = op.key();
+        let current: Option<i64> = connection
+            .prepare_cached("SELECT version FROM items WHERE key = ?1")
+            .and_then(|mut s| s.query_row(params![key], |row| row.get(0)).optional())
+            .map_err(unavailable)?;
+        let precondition = match op {
+            Op::Put { precondition, .. } | Op::Delete { precondition, .. } => *precondition,
+        };
+        let holds = match precondition {
+            Precondition::None => true,
+            Precondition::Absent => current.is_none(),
+            Precondition::Version(v) => current == Some(v as i64),
+        };
+        if !holds {
+            return Err(StorageError::Conflict { key: key.to_owned() });
+        }
+        match op {
+            Op::Put { key, value, .. } => connection
+                .prepare_cached("INSERT OR REPLACE INTO items (key, value, version) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(params![key, value, current.unwrap_or(0) + 1]))
+                .map_err(unavailable)?,
+            Op::Delete { key, .. } => connection
+                .prepare_cached("DELETE FROM items WHERE key = ?1")
+                .and_then(|mut s| s.execute(params![key]))
+                .map_err(unavailable)?,
+        };
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -192,6 +250,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = SqliteStorage::open(&dir.path().join("kinko.db")).unwrap();
         super::super::conformance::run_all(Arc::new(storage)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_transaction_in_a_group_leaves_the_others_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(SqliteStorage::open(&dir.path().join("kinko.db")).unwrap());
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let storage = storage.clone();
+                tokio::spawn(async move {
+                    let valid = i % 2 == 0;
+                    let precondition = if valid { Precondition::Absent } else { Precondition::Version(99) };
+                    let ops = vec![
+                        Op::Put { key: format!("a/{i}"), value: vec![1], precondition },
+                        Op::Put { key: format!("b/{i}"), value: vec![2], precondition: Precondition::None },
+                    ];
+                    (valid, storage.transact(ops).await)
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (valid, result) = task.await.unwrap();
+            assert_eq!(result.is_ok(), valid, "{result:?}");
+        }
+        for i in 0..200 {
+            let present = storage.get(&format!("b/{i}")).await.unwrap().is_some();
+            assert_eq!(present, i % 2 == 0, "transaction {i} applied all or nothing");
+        }
     }
 
     #[tokio::test]
