@@ -30,14 +30,27 @@ fn policy_evaluation(c: &mut Criterion) {
         b.iter(|| acl.allows(black_box("secret/data/team57/app/db"), Capability::Read))
     });
     c.bench_function("acl/100 policies/plus deny", |b| {
-        b.iter(|| acl.allows(black_box("secret/data/team57/private/key"), Capability::Read))
+        b.iter(|| {
+            acl.allows(
+                black_box("secret/data/team57/private/key"),
+                Capability::Read,
+            )
+        })
     });
     c.bench_function("acl/100 policies/miss", |b| {
         b.iter(|| acl.allows(black_box("secret/data/other/app"), Capability::Read))
     });
     c.bench_function("acl/build from 100 policies", |b| {
         let policies: Vec<_> = (0..100)
-            .map(|i| Arc::new(parse("p", &format!("path \"secret/data/team{i}/*\" {{ capabilities = [\"read\"] }}")).unwrap()))
+            .map(|i| {
+                Arc::new(
+                    parse(
+                        "p",
+                        &format!("path \"secret/data/team{i}/*\" {{ capabilities = [\"read\"] }}"),
+                    )
+                    .unwrap(),
+                )
+            })
             .collect();
         b.iter(|| Acl::new(black_box(&policies)))
     });
@@ -49,22 +62,28 @@ fn barrier(c: &mut Criterion) {
     let path = "logical/5c1a/versions/app/db/1";
     // Long runs spend a nonce block (2^20 encryptions); reserve another as the server would.
     c.bench_function("barrier/encrypt 1 KiB", |b| {
-        b.iter(|| match keyring.encrypt(black_box(path), black_box(&value)) {
-            Ok(blob) => blob,
-            Err(_) => {
-                keyring = keyring.with_new_block(0);
-                keyring.encrypt(path, &value).unwrap()
-            }
-        })
+        b.iter(
+            || match keyring.encrypt(black_box(path), black_box(&value)) {
+                Ok(blob) => blob,
+                Err(_) => {
+                    keyring = keyring.with_new_block(0);
+                    keyring.encrypt(path, &value).unwrap()
+                }
+            },
+        )
     });
     let blob = keyring.encrypt(path, &value).unwrap();
-    c.bench_function("barrier/decrypt 1 KiB", |b| b.iter(|| keyring.decrypt(black_box(path), black_box(&blob)).unwrap()));
+    c.bench_function("barrier/decrypt 1 KiB", |b| {
+        b.iter(|| keyring.decrypt(black_box(path), black_box(&blob)).unwrap())
+    });
 }
 
 fn token_hash(c: &mut Criterion) {
     let store = TokenStore::new(Key256::generate());
     let token = "kks.q8ZrT1w0dXbq0pX7e0m6r2m7bZ8u9k1lq2w3e4r5t6y";
-    c.bench_function("token/keyed hash", |b| b.iter(|| store.hash(black_box(token))));
+    c.bench_function("token/keyed hash", |b| {
+        b.iter(|| store.hash(black_box(token)))
+    });
 }
 
 criterion_group!(benches, policy_evaluation, barrier, token_hash);

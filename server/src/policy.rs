@@ -261,6 +261,8 @@ fn path_attributes(document: &Value) -> Result<PathAttributes, PolicyError> {
 #[derive(Debug, Clone)]
 struct Pattern {
     raw: String,
+    /// Everything before the first wildcard: a path must start with it to match.
+    literal_prefix: String,
     glob: bool,
     segments: Vec<String>,
     plus_segments: usize,
@@ -288,6 +290,7 @@ impl Pattern {
             .unwrap_or(raw.len());
         Pattern {
             raw: raw.to_owned(),
+            literal_prefix: raw[..first_wildcard].to_owned(),
             glob,
             segments,
             plus_segments,
@@ -296,7 +299,14 @@ impl Pattern {
     }
 
     fn matches(&self, path: &str) -> bool {
-        let parts: Vec<&str> = path.split('/').collect();
+        self.matches_parts(path, &path.split('/').collect::<Vec<_>>())
+    }
+
+    /// `parts` is `path` split at `/`, done once per check rather than once per pattern.
+    fn matches_parts(&self, path: &str, parts: &[&str]) -> bool {
+        if !path.starts_with(&self.literal_prefix) {
+            return false;
+        }
         let last = self.segments.len() - 1;
         if self.glob {
             if parts.len() < self.segments.len() {
@@ -307,7 +317,7 @@ impl Pattern {
         }
         self.segments
             .iter()
-            .zip(&parts)
+            .zip(parts)
             .enumerate()
             .all(|(i, (pattern, part))| {
                 if pattern == "+" {
@@ -384,9 +394,10 @@ impl Acl {
         if let Some(caps) = self.exact.get(path) {
             return *caps;
         }
+        let parts: Vec<&str> = path.split('/').collect();
         self.wildcard
             .iter()
-            .find(|(p, _)| p.matches(path))
+            .find(|(p, _)| p.matches_parts(path, &parts))
             .map(|(_, c)| *c)
             .unwrap_or_default()
     }

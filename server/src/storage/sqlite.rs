@@ -161,12 +161,12 @@ impl Storage for SqliteStorage {
     async fn transact(&self, ops: Vec<Op>) -> Result<(), StorageError> {
         validate_transaction(&ops)?;
         let (done, answer) = tokio::sync::oneshot::channel();
-        self.writes
-            .send(WriteRequest { ops, done })
-            .map_err(|_| StorageError::Unavailable("sqlite: the writer thread has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StorageError::Unavailable("sqlite: the writer thread has stopped".into()))?
+        self.writes.send(WriteRequest { ops, done }).map_err(|_| {
+            StorageError::Unavailable("sqlite: the writer thread has stopped".into())
+        })?;
+        answer.await.map_err(|_| {
+            StorageError::Unavailable("sqlite: the writer thread has stopped".into())
+        })?
     }
 }
 
@@ -187,8 +187,12 @@ fn write_loop(mut connection: Connection, queue: std::sync::mpsc::Receiver<Write
     }
 }
 
-fn commit_group(connection: &mut Connection, group: &[WriteRequest]) -> Vec<Result<(), StorageError>> {
-    let all_fail = |error: rusqlite::Error| group.iter().map(|_| Err(unavailable(&error))).collect();
+fn commit_group(
+    connection: &mut Connection,
+    group: &[WriteRequest],
+) -> Vec<Result<(), StorageError>> {
+    let all_fail =
+        |error: rusqlite::Error| group.iter().map(|_| Err(unavailable(&error))).collect();
     let mut tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(error) => return all_fail(error),
@@ -225,11 +229,15 @@ fn apply(connection: &Connection, ops: &[Op]) -> Result<(), StorageError> {
             Precondition::Version(v) => current == Some(v as i64),
         };
         if !holds {
-            return Err(StorageError::Conflict { key: key.to_owned() });
+            return Err(StorageError::Conflict {
+                key: key.to_owned(),
+            });
         }
         match op {
             Op::Put { key, value, .. } => connection
-                .prepare_cached("INSERT OR REPLACE INTO items (key, value, version) VALUES (?1, ?2, ?3)")
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO items (key, value, version) VALUES (?1, ?2, ?3)",
+                )
                 .and_then(|mut s| s.execute(params![key, value, current.unwrap_or(0) + 1]))
                 .map_err(unavailable)?,
             Op::Delete { key, .. } => connection
@@ -261,10 +269,22 @@ mod tests {
                 let storage = storage.clone();
                 tokio::spawn(async move {
                     let valid = i % 2 == 0;
-                    let precondition = if valid { Precondition::Absent } else { Precondition::Version(99) };
+                    let precondition = if valid {
+                        Precondition::Absent
+                    } else {
+                        Precondition::Version(99)
+                    };
                     let ops = vec![
-                        Op::Put { key: format!("a/{i}"), value: vec![1], precondition },
-                        Op::Put { key: format!("b/{i}"), value: vec![2], precondition: Precondition::None },
+                        Op::Put {
+                            key: format!("a/{i}"),
+                            value: vec![1],
+                            precondition,
+                        },
+                        Op::Put {
+                            key: format!("b/{i}"),
+                            value: vec![2],
+                            precondition: Precondition::None,
+                        },
                     ];
                     (valid, storage.transact(ops).await)
                 })
@@ -276,7 +296,11 @@ mod tests {
         }
         for i in 0..200 {
             let present = storage.get(&format!("b/{i}")).await.unwrap().is_some();
-            assert_eq!(present, i % 2 == 0, "transaction {i} applied all or nothing");
+            assert_eq!(
+                present,
+                i % 2 == 0,
+                "transaction {i} applied all or nothing"
+            );
         }
     }
 
