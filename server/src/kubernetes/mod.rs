@@ -352,7 +352,7 @@ pub async fn login(u: &Unsealed, mount: &Mount, role_name: &str, token: &str) ->
             &config.token_reviewer_jwt,
             config.disable_local_ca_jwt,
         )?;
-        let outcome = review::review(&target, token, &role.audience).await?;
+        let outcome = review::review(&u.review_clients, &target, token, &role.audience).await?;
         if !outcome.authenticated {
             return Err(denied(
                 "the API server does not authenticate this token",

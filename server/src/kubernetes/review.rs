@@ -1,9 +1,13 @@
 //! The TokenReview adapter: asks the Kubernetes API server (through the `kube` client) whether a
 //! service-account token is valid for an audience, and who it belongs to.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 use rustls::pki_types::pem::PemObject;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
@@ -72,7 +76,44 @@ fn unavailable(what: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("Kubernetes TokenReview failed: {what}"))
 }
 
-pub async fn review(target: &ReviewTarget, jwt: &str, audience: &str) -> Result<ReviewOutcome> {
+/// API clients by reviewer configuration, so logins reuse connections instead of a TLS
+/// handshake each. A client that reviews with the reviewed token itself is never cached.
+#[derive(Default)]
+pub struct ClientCache {
+    clients: Mutex<HashMap<[u8; 32], kube::Client>>,
+}
+
+const MAX_CACHED_CLIENTS: usize = 16;
+
+impl ClientCache {
+    fn client(&self, target: &ReviewTarget, jwt: &str) -> Result<kube::Client> {
+        let Some(reviewer) = &target.reviewer_jwt else {
+            return build_client(target, jwt);
+        };
+        let mut hasher = Sha256::new();
+        for part in [
+            target.host.as_bytes(),
+            target.ca_pem.as_bytes(),
+            reviewer.as_bytes(),
+        ] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        let fingerprint: [u8; 32] = hasher.finalize().into();
+        let mut clients = self.clients.lock().expect("client cache poisoned");
+        if let Some(client) = clients.get(&fingerprint) {
+            return Ok(client.clone());
+        }
+        let client = build_client(target, reviewer)?;
+        if clients.len() >= MAX_CACHED_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(fingerprint, client.clone());
+        Ok(client)
+    }
+}
+
+fn build_client(target: &ReviewTarget, bearer: &str) -> Result<kube::Client> {
     let url: http::Uri = target
         .host
         .parse()
@@ -86,17 +127,20 @@ pub async fn review(target: &ReviewTarget, jwt: &str, audience: &str) -> Result<
                 .map_err(|_| Error::bad_request("kubernetes_ca_cert is not PEM"))?;
         config.root_cert = Some(roots);
     }
-    config.auth_info.token = Some(
-        target
-            .reviewer_jwt
-            .clone()
-            .unwrap_or_else(|| jwt.to_owned())
-            .into(),
-    );
+    config.auth_info.token = Some(bearer.to_owned().into());
     config.connect_timeout = Some(REVIEW_TIMEOUT);
     config.read_timeout = Some(REVIEW_TIMEOUT);
     config.write_timeout = Some(REVIEW_TIMEOUT);
-    let client = kube::Client::try_from(config).map_err(unavailable)?;
+    kube::Client::try_from(config).map_err(unavailable)
+}
+
+pub async fn review(
+    cache: &ClientCache,
+    target: &ReviewTarget,
+    jwt: &str,
+    audience: &str,
+) -> Result<ReviewOutcome> {
+    let client = cache.client(target, jwt)?;
     let request = TokenReview {
         spec: TokenReviewSpec {
             token: Some(jwt.to_owned()),
