@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use crate::barrier::{open_with_key, seal_with_key, BarrierError, Keyring};
 use crate::clock::now_unix;
 use crate::error::{Error, Result};
+use crate::metrics::METRICS;
 use crate::secret::{Key256, SecretBytes};
 use crate::storage::{Op, Precondition, Storage, StorageError};
 
@@ -213,6 +214,7 @@ impl EncryptedStorage {
     }
 
     pub async fn get(&self, path: &str) -> Result<Option<Plain>> {
+        METRICS.storage_read();
         match self.storage.get(path).await? {
             None => Ok(None),
             Some(entry) => Ok(Some(Plain {
@@ -232,6 +234,7 @@ impl EncryptedStorage {
     }
 
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        METRICS.storage_list();
         Ok(self.storage.list(prefix).await?)
     }
 
@@ -239,7 +242,9 @@ impl EncryptedStorage {
     /// storage conflict so callers can tell it apart and retry or report.
     pub async fn transact(&self, writes: Vec<Write>) -> std::result::Result<(), TransactError> {
         let ops = self.to_ops(writes).await?;
-        match self.storage.transact(ops).await {
+        let result = self.storage.transact(ops).await;
+        METRICS.storage_transaction(matches!(result, Err(StorageError::Conflict { .. })));
+        match result {
             Ok(()) => Ok(()),
             Err(StorageError::Conflict { .. }) => Err(TransactError::Conflict),
             Err(other) => Err(TransactError::Other(other.into())),

@@ -10,6 +10,7 @@ pub mod error;
 pub mod http;
 pub mod kubernetes;
 pub mod kv;
+pub mod metrics;
 pub mod mounts;
 pub mod path;
 pub mod policies;

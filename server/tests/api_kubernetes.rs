@@ -488,3 +488,58 @@ async fn config_and_role_management() {
         "a new mount starts empty"
     );
 }
+
+fn counter(metrics: &str, line_start: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in {metrics}"))
+}
+
+async fn metrics_text(s: &TestServer) -> String {
+    let answer = s.get("/v1/sys/metrics?format=prometheus", ROOT).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        answer.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    String::from_utf8(answer.raw).unwrap()
+}
+
+#[tokio::test]
+async fn refused_logins_and_storage_calls_are_counted_in_metrics() {
+    let c = cluster().await;
+    assert_eq!(
+        c.server
+            .request("GET", "/v1/sys/metrics", None, None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let before = metrics_text(&c.server).await;
+    let refused = sign(k8s::rsa_key(), &claims("prod", "app"));
+    for _ in 0..3 {
+        assert_eq!(
+            login(&c.server, "app", &refused).await.status,
+            StatusCode::FORBIDDEN
+        );
+    }
+    let accepted = sign(k8s::rsa_key(), &claims("prod", "app"));
+    c.api.allow(&accepted, "prod", "app", &[AUDIENCE]);
+    assert_eq!(
+        login(&c.server, "app", &accepted).await.status,
+        StatusCode::OK
+    );
+    let after = metrics_text(&c.server).await;
+    let delta = |line: &str| counter(&after, line) - counter(&before, line);
+    assert!(delta("kinko_auth_logins_total{outcome=\"refused\"}") >= 3);
+    assert!(delta("kinko_auth_logins_total{outcome=\"succeeded\"}") >= 1);
+    assert!(delta("kinko_storage_operations_total{op=\"get\"}") > 0);
+    assert!(delta("kinko_http_requests_total{code=\"4xx\"}") >= 3);
+    assert!(
+        !after.contains(&refused) && !after.contains("prod") && !after.contains("app-pw"),
+        "no caller data in metrics"
+    );
+}

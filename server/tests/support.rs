@@ -116,7 +116,10 @@ impl TestServer {
             .unwrap()
             .to_bytes()
             .to_vec();
-        let body = if raw.is_empty() {
+        let is_json = headers
+            .get("content-type")
+            .is_some_and(|v| v == "application/json");
+        let body = if raw.is_empty() || !is_json {
             Value::Null
         } else {
             serde_json::from_slice(&raw).unwrap()

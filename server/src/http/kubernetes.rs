@@ -16,7 +16,16 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
         ("login", Operation::Write) => {
             let role = req.body.str("role")?.unwrap_or_default();
             let jwt = req.body.str("jwt")?.unwrap_or_default();
-            let issued = kubernetes::login(u, mount, role, jwt).await?;
+            let outcome = kubernetes::login(u, mount, role, jwt).await;
+            match &outcome {
+                Ok(_) => crate::metrics::METRICS.login(true),
+                Err(Error::Forbidden(_) | Error::BadRequest(_) | Error::PermissionDenied) => {
+                    crate::metrics::METRICS.login(false)
+                }
+                // An unreachable API server is an outage, not a refusal.
+                Err(_) => {}
+            }
+            let issued = outcome?;
             Ok(Reply::Auth(auth_block(
                 issued.token.expose(),
                 &issued.entry,

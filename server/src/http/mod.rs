@@ -23,6 +23,7 @@ pub use body::Body;
 
 use crate::core::{Core, Unsealed};
 use crate::error::{Error, Result};
+use crate::metrics::METRICS;
 use crate::path::parse_request_path;
 use crate::policy::{Acl, Capability};
 use crate::tokens::Caller;
@@ -83,6 +84,8 @@ pub enum Reply {
     Compat(Value),
     /// The body exactly as given (health, seal-status, init).
     Raw(StatusCode, Value),
+    /// Plain text (Prometheus metrics).
+    Text(String),
     NoContent,
 }
 
@@ -227,6 +230,7 @@ fn with_standard_headers(mut response: Response) -> Response {
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
+    METRICS.request(status.as_u16());
     let mut response = Response::new(AxumBody::from(
         serde_json::to_vec(body).expect("serialisable"),
     ));
@@ -273,7 +277,20 @@ pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Respo
                 json_response(StatusCode::OK, &body)
             }
             Reply::Raw(status, body) => json_response(status, &body),
+            Reply::Text(text) => {
+                METRICS.request(200);
+                let mut response = Response::new(AxumBody::from(text));
+                response
+                    .headers_mut()
+                    .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
             Reply::NoContent => {
+                METRICS.request(204);
                 let mut response = Response::new(AxumBody::empty());
                 *response.status_mut() = StatusCode::NO_CONTENT;
                 response

@@ -82,6 +82,10 @@ async fn route_unsealed(app: &App, u: &Unsealed, req: &Req, rest: &str) -> Resul
         },
         ("auth", _) => auth_methods(u, req, name).await,
         ("capabilities-self", Operation::Write) => capabilities_self(u, req).await,
+        ("metrics", Operation::Read) => {
+            authorize(u, req, Capability::Read).await?;
+            Ok(Reply::Text(crate::metrics::METRICS.prometheus()))
+        }
         _ => Err(Error::NotFound),
     }
 }

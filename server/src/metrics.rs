@@ -1,0 +1,115 @@
+//! Process-wide counters, rendered in the Prometheus text format at `GET /v1/sys/metrics`.
+//! Counters only carry fixed label values (never paths, names or tokens), so nothing a caller
+//! sends can reach a label.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+pub struct Metrics {
+    requests: [AtomicU64; STATUS_CLASSES.len()],
+    storage_reads: AtomicU64,
+    storage_lists: AtomicU64,
+    storage_transactions: AtomicU64,
+    storage_conflicts: AtomicU64,
+    logins_succeeded: AtomicU64,
+    logins_refused: AtomicU64,
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub static METRICS: Metrics = Metrics {
+    requests: [const { AtomicU64::new(0) }; STATUS_CLASSES.len()],
+    storage_reads: AtomicU64::new(0),
+    storage_lists: AtomicU64::new(0),
+    storage_transactions: AtomicU64::new(0),
+    storage_conflicts: AtomicU64::new(0),
+    logins_succeeded: AtomicU64::new(0),
+    logins_refused: AtomicU64::new(0),
+};
+
+impl Metrics {
+    pub fn request(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].fetch_add(1, Relaxed);
+    }
+
+    pub fn storage_read(&self) {
+        self.storage_reads.fetch_add(1, Relaxed);
+    }
+
+    pub fn storage_list(&self) {
+        self.storage_lists.fetch_add(1, Relaxed);
+    }
+
+    pub fn storage_transaction(&self, conflict: bool) {
+        self.storage_transactions.fetch_add(1, Relaxed);
+        if conflict {
+            self.storage_conflicts.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn login(&self, succeeded: bool) {
+        if succeeded {
+            &self.logins_succeeded
+        } else {
+            &self.logins_refused
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    /// Storage calls so far: (reads, lists, transactions).
+    pub fn storage_calls(&self) -> (u64, u64, u64) {
+        (
+            self.storage_reads.load(Relaxed),
+            self.storage_lists.load(Relaxed),
+            self.storage_transactions.load(Relaxed),
+        )
+    }
+
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let requests: Vec<(String, u64)> = STATUS_CLASSES
+            .iter()
+            .zip(&self.requests)
+            .map(|(class, n)| (format!("{{code=\"{class}\"}}"), n.load(Relaxed)))
+            .collect();
+        let requests: Vec<(&str, u64)> = requests.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        counter(
+            "kinko_http_requests_total",
+            "HTTP API responses by status class.",
+            &requests,
+        );
+        counter(
+            "kinko_storage_operations_total",
+            "Calls to the storage backend by kind.",
+            &[
+                ("{op=\"get\"}", self.storage_reads.load(Relaxed)),
+                ("{op=\"list\"}", self.storage_lists.load(Relaxed)),
+                ("{op=\"transact\"}", self.storage_transactions.load(Relaxed)),
+            ],
+        );
+        counter(
+            "kinko_storage_conflicts_total",
+            "Transactions refused by a failed precondition (check-and-set races).",
+            &[("", self.storage_conflicts.load(Relaxed))],
+        );
+        counter(
+            "kinko_auth_logins_total",
+            "Auth method logins by outcome.",
+            &[
+                (
+                    "{outcome=\"succeeded\"}",
+                    self.logins_succeeded.load(Relaxed),
+                ),
+                ("{outcome=\"refused\"}", self.logins_refused.load(Relaxed)),
+            ],
+        );
+        out
+    }
+}
