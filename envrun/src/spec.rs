@@ -85,9 +85,11 @@ fn parse_ref(text: &str) -> Option<SecretRef> {
 
 pub fn parse_secret_spec(text: &str) -> Result<SecretSpec, SpecError> {
     let bad = || SpecError::BadSecret(text.to_owned());
+    // `=NAME` names one key, so it must follow `#KEY`; a bare `PATH=NAME` is a mistake.
     let (reference, name) = match text.rsplit_once('=') {
         Some((reference, name)) if reference.contains('#') => (reference, Some(name.to_owned())),
-        _ => (text, None),
+        Some(_) => return Err(bad()),
+        None => (text, None),
     };
     let secret = parse_ref(reference).ok_or_else(bad)?;
     if name.is_some() && secret.key.is_none() {
