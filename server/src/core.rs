@@ -96,6 +96,24 @@ impl Unsealed {
     }
 }
 
+/// Re-reads the mount tables every `cache::REFRESH` while this unsealed state lives, so mounts
+/// added or removed on another replica are routed here within that bound.
+fn refresh_mount_tables(unsealed: std::sync::Weak<Unsealed>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(crate::cache::REFRESH).await;
+            let Some(unsealed) = unsealed.upgrade() else {
+                return;
+            };
+            for table in [&unsealed.mounts, &unsealed.auth] {
+                if let Err(error) = table.reload(&unsealed.store).await {
+                    tracing::warn!(%error, "refreshing a mount table failed; keeping the last one");
+                }
+            }
+        }
+    });
+}
+
 pub struct Core {
     storage: Arc<dyn Storage>,
     seal: Arc<dyn Seal>,
@@ -250,7 +268,9 @@ impl Core {
     }
 
     fn install(&self, unsealed: Unsealed) {
-        *self.state.write().expect("state lock poisoned") = Some(Arc::new(unsealed));
+        let unsealed = Arc::new(unsealed);
+        refresh_mount_tables(Arc::downgrade(&unsealed));
+        *self.state.write().expect("state lock poisoned") = Some(unsealed);
         self.recovery_shares
             .lock()
             .expect("share lock poisoned")

@@ -1,6 +1,7 @@
 //! kinko-server: everything the `kinko` binary does, as a library so it is tested in-process.
 
 pub mod barrier;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod core;

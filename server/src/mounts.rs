@@ -136,6 +136,17 @@ impl MountTable {
         })
     }
 
+    /// Re-reads the table (another replica may have changed it).
+    pub async fn reload(&self, store: &EncryptedStorage) -> Result<()> {
+        let mounts: Vec<Mount> = store
+            .get_json(self.key)
+            .await?
+            .map(|(m, _)| m)
+            .unwrap_or_default();
+        *self.mounts.write().expect("mount table poisoned") = Arc::new(mounts);
+        Ok(())
+    }
+
     pub fn all(&self) -> Arc<Vec<Mount>> {
         self.mounts.read().expect("mount table poisoned").clone()
     }

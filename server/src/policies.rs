@@ -1,11 +1,11 @@
 //! The policy store: named ACL policies kept encrypted, parsed once, and merged ACLs cached per
 //! policy set (dropped on any local change).
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::TtlCache;
 use crate::encrypted::{EncryptedStorage, Write};
 use crate::error::{Error, Result};
 use crate::policy::{self, Acl, Policy, PolicyError};
@@ -19,10 +19,12 @@ struct StoredPolicy {
     policy: String,
 }
 
+/// Parsed policies and merged ACLs, each forgotten after `cache::REFRESH` so that policy
+/// changes made on another replica apply within that bound.
 #[derive(Default)]
 pub struct PolicyStore {
-    parsed: RwLock<HashMap<String, Arc<Policy>>>,
-    acls: RwLock<HashMap<Vec<String>, Arc<Acl>>>,
+    parsed: TtlCache<String, Arc<Policy>>,
+    acls: TtlCache<Vec<String>, Arc<Acl>>,
 }
 
 fn invalid(error: PolicyError) -> Error {
@@ -48,7 +50,7 @@ pub fn policy_write(name: &str, text: &str) -> Result<Write> {
 
 impl PolicyStore {
     pub async fn get(&self, store: &EncryptedStorage, name: &str) -> Result<Option<Arc<Policy>>> {
-        if let Some(found) = self.parsed.read().expect("policy cache poisoned").get(name) {
+        if let Some(found) = self.parsed.get(&name.to_owned()) {
             return Ok(Some(found.clone()));
         }
         if policy::validate_name(name).is_err() {
@@ -64,10 +66,7 @@ impl PolicyStore {
             policy::parse(name, &stored.policy)
                 .map_err(|e| Error::Internal(format!("stored policy {name}: {e}")))?,
         );
-        self.parsed
-            .write()
-            .expect("policy cache poisoned")
-            .insert(name.to_owned(), parsed.clone());
+        self.parsed.insert(name.to_owned(), parsed.clone());
         Ok(Some(parsed))
     }
 
@@ -104,7 +103,7 @@ impl PolicyStore {
 
     /// The merged ACL of a token's policies; names that do not exist grant nothing.
     pub async fn acl(&self, store: &EncryptedStorage, names: &[String]) -> Result<Arc<Acl>> {
-        if let Some(acl) = self.acls.read().expect("acl cache poisoned").get(names) {
+        if let Some(acl) = self.acls.get(&names.to_vec()) {
             return Ok(acl.clone());
         }
         let acl = if names.iter().any(|n| n == "root") {
@@ -119,15 +118,12 @@ impl PolicyStore {
             Acl::new(&policies)
         };
         let acl = Arc::new(acl);
-        self.acls
-            .write()
-            .expect("acl cache poisoned")
-            .insert(names.to_vec(), acl.clone());
+        self.acls.insert(names.to_vec(), acl.clone());
         Ok(acl)
     }
 
     fn invalidate(&self) {
-        self.parsed.write().expect("policy cache poisoned").clear();
-        self.acls.write().expect("acl cache poisoned").clear();
+        self.parsed.clear();
+        self.acls.clear();
     }
 }

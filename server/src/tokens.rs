@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
+use crate::cache::TtlCache;
 use crate::clock::{now_unix, rfc3339_unix};
 use crate::encrypted::{EncryptedStorage, TransactError, Write};
 use crate::error::{Error, Result};
@@ -84,6 +85,8 @@ pub struct Caller {
 
 pub struct TokenStore {
     key: Key256,
+    /// Entries of unlimited-use tokens, by hash (see `cache` for the staleness bound).
+    entries: TtlCache<String, TokenEntry>,
 }
 
 fn random_string(bytes: usize) -> String {
@@ -94,7 +97,10 @@ fn random_string(bytes: usize) -> String {
 
 impl TokenStore {
     pub fn new(key: Key256) -> Self {
-        TokenStore { key }
+        TokenStore {
+            key,
+            entries: TtlCache::default(),
+        }
     }
 
     /// The storage name of a token. Lookups go through this hash, so no stored value is ever
@@ -234,12 +240,21 @@ impl TokenStore {
             return Ok(None);
         }
         let hash = self.hash(token);
+        if let Some(entry) = self.entries.get(&hash) {
+            if entry.expire_time.is_none_or(|at| at > now_unix()) {
+                return Ok(Some(Caller { hash, entry }));
+            }
+        }
         for _ in 0..10 {
             let Some((entry, version)) = self.lookup_hash(store, &hash).await? else {
                 return Ok(None);
             };
             match entry.num_uses {
-                0 => return Ok(Some(Caller { hash, entry })),
+                0 => {
+                    // Limited-use tokens are never cached: every use must be counted in storage.
+                    self.entries.insert(hash.clone(), entry.clone());
+                    return Ok(Some(Caller { hash, entry }));
+                }
                 1 => {
                     // The last use: the token is gone once this request is through.
                     self.revoke(store, &hash).await?;
@@ -303,7 +318,10 @@ impl TokenStore {
             }
         }
         debug_assert!(writes.len() <= MAX_TRANSACTION_OPS);
-        store.write(writes).await
+        store.write(writes).await?;
+        // After the delete: a lookup racing it can no longer re-cache the entry.
+        self.entries.remove(&hash.to_owned());
+        Ok(())
     }
 
     /// Extends a renewable token's TTL, bounded by its max TTL from creation.
@@ -348,7 +366,10 @@ impl TokenStore {
                 Precondition::Version(version),
             );
             match store.transact(vec![write]).await {
-                Ok(()) => return Ok(entry),
+                Ok(()) => {
+                    self.entries.remove(&hash.to_owned());
+                    return Ok(entry);
+                }
                 Err(TransactError::Conflict) => continue,
                 Err(TransactError::Other(error)) => return Err(error),
             }

@@ -185,3 +185,115 @@ async fn two_cores_on_one_database_race_check_and_set_with_one_winner() {
         21
     );
 }
+
+/// Polls `check` for up to three times the staleness bound.
+async fn within_bound<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + kinko_server::cache::REFRESH * 3;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn changes_on_one_replica_apply_on_another_within_the_bound() {
+    let a = TestServer::start().await;
+    let b_core = new_core(a.dir.path());
+    b_core.unseal_with_seal().await.unwrap();
+    let b = TestServer {
+        router: kinko_server::http::router(b_core.clone(), 1024 * 1024),
+        core: b_core,
+        dir: tempfile::tempdir().unwrap(),
+        recovery_keys: vec![],
+    };
+    a.put_secret("shared", ROOT, json!({ "v": 1 })).await;
+    a.write_policy(
+        "reader",
+        r#"path "secret/data/shared" { capabilities = ["read"] }"#,
+    )
+    .await;
+    let token = a.token(&["reader"]).await;
+    assert_eq!(
+        b.get("/v1/secret/data/shared", &token).await.status,
+        StatusCode::OK,
+        "token made on A works on B"
+    );
+
+    // A policy change on A.
+    a.write_policy(
+        "reader",
+        r#"path "secret/data/other" { capabilities = ["read"] }"#,
+    )
+    .await;
+    assert!(
+        within_bound(|| async {
+            b.get("/v1/secret/data/shared", &token).await.status == StatusCode::FORBIDDEN
+        })
+        .await
+    );
+
+    // A revocation on A, of a token B has cached.
+    a.write_policy(
+        "reader",
+        r#"path "secret/data/shared" { capabilities = ["read"] }"#,
+    )
+    .await;
+    assert!(
+        within_bound(|| async {
+            b.get("/v1/secret/data/shared", &token).await.status == StatusCode::OK
+        })
+        .await
+    );
+    a.post("/v1/auth/token/revoke", ROOT, json!({ "token": token }))
+        .await;
+    assert_eq!(
+        a.get("/v1/secret/data/shared", &token).await.status,
+        StatusCode::FORBIDDEN,
+        "at once where revoked"
+    );
+    assert!(
+        within_bound(|| async {
+            b.get("/v1/secret/data/shared", &token).await.status == StatusCode::FORBIDDEN
+        })
+        .await
+    );
+
+    // A mount added on A.
+    a.post("/v1/sys/mounts/team", ROOT, json!({ "type": "kv-v2" }))
+        .await;
+    a.post("/v1/team/data/x", ROOT, json!({ "data": { "v": "team" } }))
+        .await;
+    assert!(
+        within_bound(|| async { b.get("/v1/team/data/x", ROOT).await.status == StatusCode::OK })
+            .await
+    );
+
+    // A key rotation on A: B reads A's new values and keeps writing.
+    a.request("PUT", "/v1/sys/rotate", Some(ROOT), None).await;
+    a.put_secret("after-rotation", ROOT, json!({ "v": 2 }))
+        .await;
+    assert_eq!(
+        b.get("/v1/secret/data/after-rotation", ROOT).await.body["data"]["data"]["v"],
+        2
+    );
+    assert_eq!(
+        b.get("/v1/sys/key-status", ROOT).await.body["data"]["term"],
+        2,
+        "B picked up the new term"
+    );
+    assert_eq!(
+        b.put_secret("from-b", ROOT, json!({ "v": 3 })).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        a.get("/v1/secret/data/from-b", ROOT).await.body["data"]["data"]["v"],
+        3
+    );
+}
