@@ -74,6 +74,8 @@ pub struct Unsealed {
     pub auth: MountTable,
     /// Kubernetes API clients for TokenReview, reused across logins.
     pub review_clients: crate::kubernetes::review::ClientCache,
+    /// KV mount configurations (`secret/config`), by storage prefix.
+    pub kv_configs: crate::cache::TtlCache<String, crate::kv::KvConfig>,
 }
 
 impl Unsealed {
@@ -92,6 +94,7 @@ impl Unsealed {
             mounts,
             auth,
             review_clients: Default::default(),
+            kv_configs: Default::default(),
         })
     }
 }

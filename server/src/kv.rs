@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use zeroize::Zeroizing;
 
+use crate::cache::TtlCache;
 use crate::clock::{now, parse_rfc3339, rfc3339};
 use crate::encrypted::{EncryptedStorage, TransactError, Write};
 use crate::error::{Error, Result};
@@ -124,6 +125,8 @@ pub enum VersionAction {
 
 pub struct Kv<'a> {
     store: &'a EncryptedStorage,
+    /// Mount configurations by storage prefix, bounded by `cache::REFRESH` across replicas.
+    configs: &'a TtlCache<String, KvConfig>,
     prefix: String,
 }
 
@@ -154,9 +157,14 @@ fn secret_path(path: &str) -> Result<&str> {
 }
 
 impl<'a> Kv<'a> {
-    pub fn new(store: &'a EncryptedStorage, storage_prefix: &str) -> Self {
+    pub fn new(
+        store: &'a EncryptedStorage,
+        configs: &'a TtlCache<String, KvConfig>,
+        storage_prefix: &str,
+    ) -> Self {
         Kv {
             store,
+            configs,
             prefix: storage_prefix.to_owned(),
         }
     }
@@ -174,16 +182,26 @@ impl<'a> Kv<'a> {
     }
 
     pub async fn config(&self) -> Result<KvConfig> {
-        Ok(self
+        if let Some(config) = self.configs.get(&self.prefix) {
+            return Ok(config);
+        }
+        let config: KvConfig = self
             .store
             .get_json(&self.config_key())
             .await?
             .map(|(c, _)| c)
-            .unwrap_or_default())
+            .unwrap_or_default();
+        self.configs.insert(self.prefix.clone(), config.clone());
+        Ok(config)
     }
 
     pub async fn set_config(&self, update: MetadataUpdate) -> Result<()> {
-        let mut config = self.config().await?;
+        let mut config: KvConfig = self
+            .store
+            .get_json(&self.config_key())
+            .await?
+            .map(|(c, _)| c)
+            .unwrap_or_default();
         if let Some(v) = update.max_versions {
             config.max_versions = v;
         }
@@ -199,7 +217,9 @@ impl<'a> Kv<'a> {
                 &config,
                 Precondition::None,
             )])
-            .await
+            .await?;
+        self.configs.remove(&self.prefix);
+        Ok(())
     }
 
     pub async fn metadata(&self, path: &str) -> Result<Option<(KeyMetadata, u64)>> {
