@@ -20,6 +20,7 @@ use super::{
 const READERS: usize = 4;
 /// Most transactions one group commit takes.
 const MAX_GROUP: usize = 256;
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct WriteRequest {
     ops: Vec<Op>,
@@ -27,6 +28,8 @@ struct WriteRequest {
 }
 
 pub struct SqliteStorage {
+    /// Dropped with the storage, which ends the checkpoint thread.
+    _stop_checkpoints: std::sync::mpsc::Sender<()>,
     writes: std::sync::mpsc::Sender<WriteRequest>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
@@ -57,6 +60,7 @@ impl SqliteStorage {
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
+                 PRAGMA wal_autocheckpoint = 0;
                  CREATE TABLE IF NOT EXISTS items (
                      key TEXT PRIMARY KEY NOT NULL,
                      value BLOB NOT NULL,
@@ -72,34 +76,38 @@ impl SqliteStorage {
             .name("kinko-sqlite-writer".into())
             .spawn(move || write_loop(writer, queue))
             .map_err(unavailable)?;
+        let checkpointer = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("kinko-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, stopped))
+            .map_err(unavailable)?;
         Ok(SqliteStorage {
+            _stop_checkpoints: stop_checkpoints,
             writes,
             readers: Arc::new(Mutex::new(readers)),
             path: path.to_owned(),
         })
     }
 
-    async fn read<T: Send + 'static>(
+    /// Runs a read on the calling task. A point read or prefix scan of a WAL database in the
+    /// page cache takes microseconds, less than handing it to another thread and back; under
+    /// load those hand-offs, not the reads, made the latency tail (see bench/RESULTS.md).
+    async fn read<T>(
         &self,
-        work: impl FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+        work: impl FnOnce(&Connection) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        let readers = self.readers.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let pooled = readers.lock().expect("reader pool poisoned").pop();
-            let connection = match pooled {
-                Some(c) => c,
-                None => open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
-            };
-            let result = work(&connection);
-            let mut pool = readers.lock().expect("reader pool poisoned");
-            if pool.len() < READERS {
-                pool.push(connection);
-            }
-            result
-        })
-        .await
-        .map_err(unavailable)?
+        let pooled = self.readers.lock().expect("reader pool poisoned").pop();
+        let connection = match pooled {
+            Some(c) => c,
+            None => open(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
+        };
+        let result = work(&connection);
+        let mut pool = self.readers.lock().expect("reader pool poisoned");
+        if pool.len() < READERS {
+            pool.push(connection);
+        }
+        result
     }
 }
 
@@ -167,6 +175,20 @@ impl Storage for SqliteStorage {
         answer.await.map_err(|_| {
             StorageError::Unavailable("sqlite: the writer thread has stopped".into())
         })?
+    }
+}
+
+/// Copies the WAL back into the database once a second, off the commit path: with SQLite's
+/// automatic checkpoint, the commit that crosses 1000 WAL pages pays for the whole copy, and
+/// under a steady write load those commits were the latency tail.
+fn checkpoint_loop(connection: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(CHECKPOINT_INTERVAL)
+    {
+        // PASSIVE never waits for readers or the writer; what it cannot copy now waits a second.
+        if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(%error, "sqlite checkpoint failed; will retry");
+        }
     }
 }
 
