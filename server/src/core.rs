@@ -74,8 +74,8 @@ pub struct Unsealed {
     pub auth: MountTable,
     /// Kubernetes API clients for TokenReview, reused across logins.
     pub review_clients: crate::kubernetes::review::ClientCache,
-    /// KV mount configurations (`secret/config`), by storage prefix.
-    pub kv_configs: crate::cache::TtlCache<String, crate::kv::KvConfig>,
+    /// State all KV mounts share: configuration cache, per-key write queues.
+    pub kv: crate::kv::KvShared,
 }
 
 impl Unsealed {
@@ -94,7 +94,7 @@ impl Unsealed {
             mounts,
             auth,
             review_clients: Default::default(),
-            kv_configs: Default::default(),
+            kv: Default::default(),
         })
     }
 }

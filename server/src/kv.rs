@@ -123,10 +123,40 @@ pub enum VersionAction {
     Destroy,
 }
 
+/// What all KV mounts of one unsealed server share.
+pub struct KvShared {
+    /// Mount configurations by storage prefix, bounded by `cache::REFRESH` across replicas.
+    configs: TtlCache<String, KvConfig>,
+    /// Writers to one key on this replica queue here instead of racing to a check-and-set
+    /// conflict and a retry; conflicts remain only between replicas.
+    key_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+const KEY_LOCK_STRIPES: usize = 256;
+
+impl Default for KvShared {
+    fn default() -> Self {
+        KvShared {
+            configs: TtlCache::default(),
+            key_locks: (0..KEY_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        }
+    }
+}
+
+impl KvShared {
+    async fn lock(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let stripe = BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize
+            % KEY_LOCK_STRIPES;
+        self.key_locks[stripe].lock().await
+    }
+}
+
 pub struct Kv<'a> {
     store: &'a EncryptedStorage,
-    /// Mount configurations by storage prefix, bounded by `cache::REFRESH` across replicas.
-    configs: &'a TtlCache<String, KvConfig>,
+    shared: &'a KvShared,
     prefix: String,
 }
 
@@ -157,14 +187,10 @@ fn secret_path(path: &str) -> Result<&str> {
 }
 
 impl<'a> Kv<'a> {
-    pub fn new(
-        store: &'a EncryptedStorage,
-        configs: &'a TtlCache<String, KvConfig>,
-        storage_prefix: &str,
-    ) -> Self {
+    pub fn new(store: &'a EncryptedStorage, shared: &'a KvShared, storage_prefix: &str) -> Self {
         Kv {
             store,
-            configs,
+            shared,
             prefix: storage_prefix.to_owned(),
         }
     }
@@ -182,7 +208,7 @@ impl<'a> Kv<'a> {
     }
 
     pub async fn config(&self) -> Result<KvConfig> {
-        if let Some(config) = self.configs.get(&self.prefix) {
+        if let Some(config) = self.shared.configs.get(&self.prefix) {
             return Ok(config);
         }
         let config: KvConfig = self
@@ -191,7 +217,9 @@ impl<'a> Kv<'a> {
             .await?
             .map(|(c, _)| c)
             .unwrap_or_default();
-        self.configs.insert(self.prefix.clone(), config.clone());
+        self.shared
+            .configs
+            .insert(self.prefix.clone(), config.clone());
         Ok(config)
     }
 
@@ -218,7 +246,7 @@ impl<'a> Kv<'a> {
                 Precondition::None,
             )])
             .await?;
-        self.configs.remove(&self.prefix);
+        self.shared.configs.remove(&self.prefix);
         Ok(())
     }
 
@@ -268,6 +296,7 @@ impl<'a> Kv<'a> {
             &KvConfig,
         ) -> Result<Option<(KeyMetadata, Vec<Write>, T)>>,
     ) -> Result<Option<T>> {
+        let _queued = self.shared.lock(&self.metadata_key(path)).await;
         let config = self.config().await?;
         for _ in 0..ATTEMPTS {
             let stored = self.metadata(path).await?;
