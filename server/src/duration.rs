@@ -65,12 +65,6 @@ fn bounded(seconds: u64) -> Result<u64, DurationError> {
     }
 }
 
-/// Formats seconds the way Vault prints them in `token_ttl`-like fields (`"1h0m0s"` style is not
-/// needed by clients; they read integers), so this is only for human-facing messages.
-pub fn format_seconds(seconds: u64) -> String {
-    format!("{seconds}s")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,15 +57,6 @@ impl Metrics {
         .fetch_add(1, Relaxed);
     }
 
-    /// Storage calls so far: (reads, lists, transactions).
-    pub fn storage_calls(&self) -> (u64, u64, u64) {
-        (
-            self.storage_reads.load(Relaxed),
-            self.storage_lists.load(Relaxed),
-            self.storage_transactions.load(Relaxed),
-        )
-    }
-
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
