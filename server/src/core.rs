@@ -126,11 +126,12 @@ pub struct Core {
     lifecycle: tokio::sync::Mutex<()>,
 }
 
-fn recovery_check(recovery_key: &[u8], cluster_id: &str) -> String {
+/// The MAC that proves a recovery key belongs to a cluster: stored at init, verified at unseal.
+fn recovery_mac(recovery_key: &[u8], cluster_id: &str) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(recovery_key).expect("HMAC takes any key length");
     mac.update(b"kinko/recovery-check\0");
     mac.update(cluster_id.as_bytes());
-    hex(&mac.finalize().into_bytes())
+    mac
 }
 
 impl Core {
@@ -209,7 +210,9 @@ impl Core {
             seal_type: self.seal.kind().to_owned(),
             recovery_shares: request.recovery_shares,
             recovery_threshold: request.recovery_threshold,
-            recovery_check: recovery_check(recovery_key.expose(), &cluster_id),
+            recovery_check: hex(&recovery_mac(recovery_key.expose(), &cluster_id)
+                .finalize()
+                .into_bytes()),
         };
         let wrapped = self.seal.wrap(&root_key, &cluster_id).await?;
         let now = now_unix();
@@ -341,10 +344,9 @@ impl Core {
         };
         let valid = combined.as_ref().is_ok_and(|key| {
             let expected = crate::seal::unhex(&config.recovery_check).unwrap_or_default();
-            let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-            mac.update(b"kinko/recovery-check\0");
-            mac.update(config.cluster_id.as_bytes());
-            mac.verify_slice(&expected).is_ok()
+            recovery_mac(key, &config.cluster_id)
+                .verify_slice(&expected)
+                .is_ok()
         });
         if !valid {
             return Err(Error::bad_request(

@@ -72,6 +72,23 @@ pub fn seal_keyring(root_key: &Key256, cluster_id: &str, keyring: &Keyring) -> V
     )
 }
 
+/// Reads and decrypts the stored keyring, with its storage version.
+async fn load_keyring(
+    storage: &dyn Storage,
+    root_key: &Key256,
+    cluster_id: &str,
+) -> Result<(Keyring, u64)> {
+    let entry = storage
+        .get(KEYRING_PATH)
+        .await?
+        .ok_or_else(|| Error::Internal("keyring missing from storage".into()))?;
+    let plain = open_with_key(root_key, &keyring_aad(cluster_id), &entry.value)?;
+    Ok((
+        Keyring::from_bytes(cluster_id, plain.expose())?,
+        entry.version,
+    ))
+}
+
 pub struct EncryptedStorage {
     storage: Arc<dyn Storage>,
     root_key: Key256,
@@ -87,16 +104,10 @@ impl EncryptedStorage {
         root_key: Key256,
         cluster_id: &str,
     ) -> Result<EncryptedStorage> {
-        let view = EncryptedStorage {
-            storage,
-            root_key,
-            cluster_id: cluster_id.to_owned(),
-            keyring: RwLock::new(Arc::new(Keyring::new(cluster_id, 0))),
-            reserve: tokio::sync::Mutex::new(()),
-        };
-        let (stored, _) = view.load_keyring().await?;
-        *view.keyring.write().expect("keyring lock poisoned") = Arc::new(stored);
-        Ok(view)
+        let (stored, _) = load_keyring(&*storage, &root_key, cluster_id).await?;
+        Ok(EncryptedStorage::with_keyring(
+            storage, root_key, cluster_id, stored,
+        ))
     }
 
     /// A view over a keyring that is not stored yet (used by initialisation, which stores it in
@@ -129,16 +140,7 @@ impl EncryptedStorage {
     }
 
     async fn load_keyring(&self) -> Result<(Keyring, u64)> {
-        let entry = self
-            .storage
-            .get(KEYRING_PATH)
-            .await?
-            .ok_or_else(|| Error::Internal("keyring missing from storage".into()))?;
-        let plain = open_with_key(&self.root_key, &keyring_aad(&self.cluster_id), &entry.value)?;
-        Ok((
-            Keyring::from_bytes(&self.cluster_id, plain.expose())?,
-            entry.version,
-        ))
+        load_keyring(&*self.storage, &self.root_key, &self.cluster_id).await
     }
 
     /// Replaces the stored keyring by `change(stored)` with a conditional write, retrying when

@@ -85,15 +85,20 @@ impl Mount {
     }
 }
 
-/// Normalises a user-given mount path to `name/` form, refusing reserved or malformed ones.
-pub fn normalise_mount_path(raw: &str) -> Result<String> {
+/// `raw` as `name/` form, validated; `what` names it in errors.
+fn normalised(raw: &str, what: &str) -> Result<String> {
     let trimmed = raw.trim_matches('/');
     if trimmed.is_empty() {
-        return Err(Error::bad_request("mount path is empty"));
+        return Err(Error::BadRequest(format!("{what} is empty")));
     }
     validate_logical_path(trimmed)
-        .map_err(|e| Error::BadRequest(format!("invalid mount path: {e}")))?;
-    let path = format!("{trimmed}/");
+        .map_err(|e| Error::BadRequest(format!("invalid {what}: {e}")))?;
+    Ok(format!("{trimmed}/"))
+}
+
+/// Normalises a user-given mount path to `name/` form, refusing reserved or malformed ones.
+pub fn normalise_mount_path(raw: &str) -> Result<String> {
+    let path = normalised(raw, "mount path")?;
     if RESERVED.iter().any(|r| path.starts_with(r)) {
         return Err(Error::BadRequest(format!(
             "cannot mount at {path}: reserved path"
@@ -104,16 +109,11 @@ pub fn normalise_mount_path(raw: &str) -> Result<String> {
 
 /// Normalises an auth method path (relative to `auth/`); `token/` is built in.
 pub fn normalise_auth_path(raw: &str) -> Result<String> {
-    let trimmed = raw.trim_matches('/');
-    if trimmed.is_empty() {
-        return Err(Error::bad_request("auth method path is empty"));
-    }
-    validate_logical_path(trimmed)
-        .map_err(|e| Error::BadRequest(format!("invalid auth method path: {e}")))?;
-    if trimmed == "token" || trimmed.starts_with("token/") {
+    let path = normalised(raw, "auth method path")?;
+    if path.starts_with("token/") {
         return Err(Error::bad_request("path is already in use at token/"));
     }
-    Ok(format!("{trimmed}/"))
+    Ok(path)
 }
 
 pub struct MountTable {
@@ -145,6 +145,11 @@ impl MountTable {
             .unwrap_or_default();
         *self.mounts.write().expect("mount table poisoned") = Arc::new(mounts);
         Ok(())
+    }
+
+    /// The mount at exactly `path` (`name/` form).
+    pub fn get(&self, path: &str) -> Option<Mount> {
+        self.all().iter().find(|m| m.path == path).cloned()
     }
 
     pub fn all(&self) -> Arc<Vec<Mount>> {

@@ -50,7 +50,7 @@ pub fn policy_write(name: &str, text: &str) -> Result<Write> {
 
 impl PolicyStore {
     pub async fn get(&self, store: &EncryptedStorage, name: &str) -> Result<Option<Arc<Policy>>> {
-        if let Some(found) = self.parsed.get(&name.to_owned()) {
+        if let Some(found) = self.parsed.get(name) {
             return Ok(Some(found.clone()));
         }
         if policy::validate_name(name).is_err() {
@@ -103,7 +103,7 @@ impl PolicyStore {
 
     /// The merged ACL of a token's policies; names that do not exist grant nothing.
     pub async fn acl(&self, store: &EncryptedStorage, names: &[String]) -> Result<Arc<Acl>> {
-        if let Some(acl) = self.acls.get(&names.to_vec()) {
+        if let Some(acl) = self.acls.get(names) {
             return Ok(acl.clone());
         }
         let acl = if names.iter().any(|n| n == "root") {

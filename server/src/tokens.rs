@@ -320,7 +320,7 @@ impl TokenStore {
         debug_assert!(writes.len() <= MAX_TRANSACTION_OPS);
         store.write(writes).await?;
         // After the delete: a lookup racing it can no longer re-cache the entry.
-        self.entries.remove(&hash.to_owned());
+        self.entries.remove(hash);
         Ok(())
     }
 
@@ -367,7 +367,7 @@ impl TokenStore {
             );
             match store.transact(vec![write]).await {
                 Ok(()) => {
-                    self.entries.remove(&hash.to_owned());
+                    self.entries.remove(hash);
                     return Ok(entry);
                 }
                 Err(TransactError::Conflict) => continue,

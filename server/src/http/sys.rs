@@ -301,11 +301,7 @@ async fn mounts(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
         Operation::Read => {
             authorize(u, req, Capability::Read).await?;
             let path = normalise_mount_path(name)?;
-            let mounts = u.mounts.all();
-            let mount = mounts
-                .iter()
-                .find(|m| m.path == path)
-                .ok_or(Error::NotFound)?;
+            let mount = u.mounts.get(&path).ok_or(Error::NotFound)?;
             Ok(Reply::Compat(mount.describe()))
         }
         Operation::Write => {
@@ -457,11 +453,7 @@ async fn auth_methods(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
         (_, Operation::Read) => {
             authorize(u, req, Capability::Read).await?;
             let path = normalise_auth_path(name)?;
-            let mounts = u.auth.all();
-            let mount = mounts
-                .iter()
-                .find(|m| m.path == path)
-                .ok_or(Error::NotFound)?;
+            let mount = u.auth.get(&path).ok_or(Error::NotFound)?;
             Ok(Reply::Compat(mount.describe()))
         }
         _ => Err(Error::MethodNotAllowed),

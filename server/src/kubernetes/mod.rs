@@ -311,27 +311,24 @@ pub async fn login(u: &Unsealed, mount: &Mount, role_name: &str, token: &str) ->
         .await?
         .ok_or_else(|| Error::bad_request("the kubernetes auth method is not configured"))?;
     let now = now_unix();
-    let claims = match config.verification {
-        Verification::Offline => jwt::verify(
+    // Offline mode, or keys configured as a first check: verify the signature here. Otherwise
+    // the API server's TokenReview below vouches for it; the claims are still checked.
+    let verify_locally = config.verification == Verification::Offline
+        || !config.pem_keys.is_empty()
+        || !config.jwks.is_empty();
+    let claims = if verify_locally {
+        jwt::verify(
             token,
             &config.keys()?,
             &role.audience,
             config.issuer_to_check(),
             now,
-        ),
-        Verification::TokenReview if !config.pem_keys.is_empty() || !config.jwks.is_empty() => {
-            jwt::verify(
-                token,
-                &config.keys()?,
-                &role.audience,
-                config.issuer_to_check(),
-                now,
-            )
-        }
-        Verification::TokenReview => jwt::unverified_claims(token).and_then(|claims| {
+        )
+    } else {
+        jwt::unverified_claims(token).and_then(|claims| {
             jwt::check_claims(&claims, &role.audience, config.issuer_to_check(), now)
                 .map(|()| claims)
-        }),
+        })
     }
     .map_err(|e| denied(e, role_name))?;
     let account = jwt::service_account(&claims).map_err(|e| denied(e, role_name))?;
