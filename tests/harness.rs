@@ -273,3 +273,114 @@ pub async fn enable_kubernetes_auth(
     .await
     .unwrap();
 }
+
+/// A free loopback port (bound then released; the caller starts its server on it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A helper process on loopback (the AWS emulator, the fault proxy), killed by its own pid.
+pub struct Helper {
+    child: Child,
+    pub port: u16,
+}
+
+impl Helper {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The AWS emulator (moto, installed by ./scripts/test) on a free port, serving one request
+/// at a time: see `tests/moto_serial.py` for why.
+pub fn moto() -> Helper {
+    python_helper("moto_serial.py", &[])
+}
+
+/// `tests/fault_proxy.py` in front of `upstream`, answering a `throttle` share of requests
+/// with DynamoDB's throttling error. `port` 0 picks a free port.
+pub fn fault_proxy(port: u16, upstream: u16, throttle: f64) -> Helper {
+    python_helper(
+        "fault_proxy.py",
+        &[
+            "--port",
+            &port.to_string(),
+            "--upstream",
+            &format!("127.0.0.1:{upstream}"),
+            "--throttle",
+            &throttle.to_string(),
+        ],
+    )
+}
+
+/// Runs one of the Python helpers beside this file and waits for its "listening on PORT".
+fn python_helper(script: &str, args: &[&str]) -> Helper {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let mut child = Command::new(tool("python3"))
+        .arg(&script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", script.display()));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(STARTUP_TIMEOUT).unwrap_or_default();
+    let Some(port) = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|p| p.parse().ok())
+    else {
+        let _ = child.kill();
+        panic!(
+            "{} did not start within {STARTUP_TIMEOUT:?}: {line:?} (is moto installed? ./scripts/test installs it)",
+            script.display()
+        );
+    };
+    Helper { child, port }
+}
+
+/// What a kinko process needs to reach the emulator, and nothing from the host's AWS setup.
+pub fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("AWS_CONFIG_FILE", "/nonexistent".into()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".into()),
+    ]
+}
+
+/// An in-process AWS SDK configuration pointed at the emulator.
+pub async fn aws_config(endpoint: &str) -> kinko_server::aws::SdkConfig {
+    kinko_server::aws::loader()
+        .endpoint_url(endpoint)
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "kinko-tests",
+        ))
+        .load()
+        .await
+}

@@ -233,6 +233,12 @@ impl Client {
         self.send(method, path, &[], body).await
     }
 
+    /// Sends one request and returns the status and the body as text (`sys/metrics`).
+    pub async fn text(&self, method: Method, path: &str) -> Result<(StatusCode, String)> {
+        let (status, bytes) = self.send_bytes(method, path, &[], None).await?;
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -240,6 +246,24 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<(StatusCode, Option<Value>)> {
+        let (status, bytes) = self.send_bytes(method, path, query, body).await?;
+        if bytes.is_empty() {
+            return Ok((status, None));
+        }
+        let value = serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
+            path: path.to_owned(),
+            reason: format!("body is not JSON: {e}"),
+        })?;
+        Ok((status, Some(value)))
+    }
+
+    async fn send_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, bytes::Bytes)> {
         let url = format!("{}/v1/{}", self.addr, encode_path(path));
         let mut request = self.http.request(method, url).query(query);
         if let Some(token) = &self.token {
@@ -258,14 +282,7 @@ impl Client {
             addr: self.addr.clone(),
             reason: e.to_string(),
         })?;
-        if bytes.is_empty() {
-            return Ok((status, None));
-        }
-        let value = serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
-            path: path.to_owned(),
-            reason: format!("body is not JSON: {e}"),
-        })?;
-        Ok((status, Some(value)))
+        Ok((status, bytes))
     }
 
     pub async fn health(&self) -> Result<u16> {

@@ -22,12 +22,19 @@ pub enum TlsSource {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageConfig {
-    Sqlite { path: PathBuf },
+    Sqlite {
+        path: PathBuf,
+    },
+    /// Region, credentials and endpoint come from the standard AWS chain.
+    DynamoDb {
+        table: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SealConfig {
     File { key_file: PathBuf },
+    AwsKms { key_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,20 +69,24 @@ struct Raw {
     tls_key_file: Option<String>,
     storage: Option<String>,
     sqlite_path: Option<String>,
+    dynamodb_table: Option<String>,
     seal: Option<String>,
     seal_key_file: Option<String>,
+    kms_key_id: Option<String>,
     cluster_name: Option<String>,
     max_request_bytes: Option<String>,
 }
 
-const KNOWN: [&str; 9] = [
+const KNOWN: [&str; 11] = [
     "LISTEN_ADDR",
     "TLS_CERT_FILE",
     "TLS_KEY_FILE",
     "STORAGE",
     "SQLITE_PATH",
+    "DYNAMODB_TABLE",
     "SEAL",
     "SEAL_KEY_FILE",
+    "KMS_KEY_ID",
     "CLUSTER_NAME",
     "MAX_REQUEST_BYTES",
 ];
@@ -97,6 +108,22 @@ fn required_path(
     match value {
         Some(v) if !v.trim().is_empty() => Ok(PathBuf::from(v)),
         _ => Err(error(variable, format!("is not set: expected {what}"))),
+    }
+}
+
+/// DynamoDB table names: 3 to 255 of `a-z A-Z 0-9 _ - .`; the default is `kinko`.
+fn dynamodb_table_name(value: Option<String>) -> Result<String, ConfigError> {
+    let name = value
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| "kinko".into());
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_-.".contains(c);
+    if (3..=255).contains(&name.len()) && name.chars().all(allowed) {
+        Ok(name)
+    } else {
+        Err(error(
+            "KINKO_DYNAMODB_TABLE",
+            format!("expected 3 to 255 of a-z, A-Z, 0-9, '_', '-', '.'; got {name:?}"),
+        ))
     }
 }
 
@@ -151,10 +178,13 @@ impl Config {
                     "the path of the SQLite database file",
                 )?,
             },
+            "dynamodb" => StorageConfig::DynamoDb {
+                table: dynamodb_table_name(raw.dynamodb_table)?,
+            },
             other => {
                 return Err(error(
                     "KINKO_STORAGE",
-                    format!("expected one of: sqlite; got {other:?}"),
+                    format!("expected one of: sqlite, dynamodb; got {other:?}"),
                 ))
             }
         };
@@ -166,10 +196,21 @@ impl Config {
                     "the path of the seal key file",
                 )?,
             },
+            "awskms" => SealConfig::AwsKms {
+                key_id: match raw.kms_key_id {
+                    Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
+                    _ => {
+                        return Err(error(
+                            "KINKO_KMS_KEY_ID",
+                            "is not set: expected the KMS key id, ARN or alias/NAME",
+                        ))
+                    }
+                },
+            },
             other => {
                 return Err(error(
                     "KINKO_SEAL",
-                    format!("expected one of: file; got {other:?}"),
+                    format!("expected one of: file, awskms; got {other:?}"),
                 ))
             }
         };
@@ -293,5 +334,44 @@ mod tests {
         assert!(with(("KINKO_STORAGE", "etcd"))
             .to_string()
             .contains("sqlite"));
+    }
+
+    #[test]
+    fn cloud_mode() {
+        let cloud = vars(&[
+            ("KINKO_TLS_CERT_FILE", "/etc/kinko/tls.crt"),
+            ("KINKO_TLS_KEY_FILE", "/etc/kinko/tls.key"),
+            ("KINKO_STORAGE", "dynamodb"),
+            ("KINKO_SEAL", "awskms"),
+            ("KINKO_KMS_KEY_ID", "alias/kinko"),
+        ]);
+        let config = Config::from_vars(cloud.clone()).unwrap();
+        assert_eq!(
+            config.storage,
+            StorageConfig::DynamoDb {
+                table: "kinko".into()
+            }
+        );
+        assert_eq!(
+            config.seal,
+            SealConfig::AwsKms {
+                key_id: "alias/kinko".into()
+            }
+        );
+        let without_key: Vec<_> = cloud
+            .iter()
+            .filter(|(k, _)| k != "KINKO_KMS_KEY_ID")
+            .cloned()
+            .collect();
+        assert_eq!(
+            Config::from_vars(without_key).unwrap_err().variable,
+            "KINKO_KMS_KEY_ID"
+        );
+        let mut bad_table = cloud.clone();
+        bad_table.push(("KINKO_DYNAMODB_TABLE".into(), "no spaces".into()));
+        assert_eq!(
+            Config::from_vars(bad_table).unwrap_err().variable,
+            "KINKO_DYNAMODB_TABLE"
+        );
     }
 }

@@ -42,6 +42,22 @@ enum Command {
         )]
         dev_root_token: Option<String>,
     },
+    /// Operator tasks.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Create the DynamoDB table (on-demand capacity) if it does not exist, and wait until it
+    /// is active. For development; production creates it with CloudFormation (deploy/).
+    /// Region, credentials and endpoint come from the standard AWS chain.
+    CreateTable {
+        #[arg(long, env = "KINKO_DYNAMODB_TABLE", default_value = "kinko")]
+        table: String,
+    },
 }
 
 fn harden_process() {
@@ -105,18 +121,40 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Server {
-        dev,
-        data_dir,
-        listen,
-        dev_root_token,
-    } = cli.command;
+    match cli.command {
+        Command::Server {
+            dev,
+            data_dir,
+            listen,
+            dev_root_token,
+        } => serve(dev, data_dir, listen, dev_root_token).await,
+        Command::Operator {
+            command: OperatorCommand::CreateTable { table },
+        } => {
+            let aws = kinko_server::aws::sdk_config().await;
+            let storage = kinko_server::storage::dynamodb::DynamoStorage::new(
+                aws_sdk_dynamodb::Client::new(&aws),
+                table,
+            );
+            storage.create_table().await?;
+            println!("DynamoDB table {} is active", storage.table());
+            Ok(())
+        }
+    }
+}
+
+async fn serve(
+    dev: bool,
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    dev_root_token: Option<String>,
+) -> anyhow::Result<()> {
     let config = if dev {
         Config::dev(data_dir, listen)
     } else {
         Config::from_env()?
     };
-    let parts = assemble(&config)?;
+    let parts = assemble(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

@@ -13,7 +13,13 @@ pub struct Metrics {
     storage_conflicts: AtomicU64,
     logins_succeeded: AtomicU64,
     logins_refused: AtomicU64,
+    dynamodb_requests: [AtomicU64; DYNAMODB_OPERATIONS.len()],
+    aws_retries: AtomicU64,
 }
+
+/// The DynamoDB API calls the storage backend makes; each is counted per attempt.
+pub const DYNAMODB_OPERATIONS: [&str; 4] =
+    ["GetItem", "Query", "TransactWriteItems", "BatchWriteItem"];
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -25,6 +31,8 @@ pub static METRICS: Metrics = Metrics {
     storage_conflicts: AtomicU64::new(0),
     logins_succeeded: AtomicU64::new(0),
     logins_refused: AtomicU64::new(0),
+    dynamodb_requests: [const { AtomicU64::new(0) }; DYNAMODB_OPERATIONS.len()],
+    aws_retries: AtomicU64::new(0),
 };
 
 impl Metrics {
@@ -55,6 +63,17 @@ impl Metrics {
             &self.logins_refused
         }
         .fetch_add(1, Relaxed);
+    }
+
+    /// `operation` is one of [`DYNAMODB_OPERATIONS`].
+    pub fn dynamodb_request(&self, operation: &str) {
+        if let Some(at) = DYNAMODB_OPERATIONS.iter().position(|o| *o == operation) {
+            self.dynamodb_requests[at].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn aws_retry(&self) {
+        self.aws_retries.fetch_add(1, Relaxed);
     }
 
     pub fn prometheus(&self) -> String {
@@ -89,6 +108,22 @@ impl Metrics {
             "kinko_storage_conflicts_total",
             "Transactions refused by a failed precondition (check-and-set races).",
             &[("", self.storage_conflicts.load(Relaxed))],
+        );
+        let dynamodb: Vec<(String, u64)> = DYNAMODB_OPERATIONS
+            .iter()
+            .zip(&self.dynamodb_requests)
+            .map(|(op, n)| (format!("{{operation=\"{op}\"}}"), n.load(Relaxed)))
+            .collect();
+        let dynamodb: Vec<(&str, u64)> = dynamodb.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        counter(
+            "kinko_dynamodb_requests_total",
+            "DynamoDB API requests sent, retries included.",
+            &dynamodb,
+        );
+        counter(
+            "kinko_aws_retries_total",
+            "AWS calls repeated after throttling or a transient failure.",
+            &[("", self.aws_retries.load(Relaxed))],
         );
         counter(
             "kinko_auth_logins_total",

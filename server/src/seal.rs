@@ -2,6 +2,8 @@
 //! in a 0600 file; `awskms` (cloud mode) asks AWS KMS. The wrapped root key is bound to the
 //! cluster id, so a blob from one cluster never unseals another.
 
+pub mod awskms;
+
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use crate::config::{Config, SealConfig, StorageConfig, TlsSource};
 use crate::core::{Core, InitRequest, InitResult};
 use crate::error::Error;
+use crate::seal::awskms::AwsKmsSeal;
 use crate::seal::{FileSeal, Seal};
+use crate::storage::dynamodb::DynamoStorage;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::Storage;
 
@@ -20,7 +22,13 @@ pub struct Parts {
     pub dev_ca: Option<std::path::PathBuf>,
 }
 
-pub fn assemble(config: &Config) -> anyhow::Result<Parts> {
+pub async fn assemble(config: &Config) -> anyhow::Result<Parts> {
+    let needs_aws = matches!(config.storage, StorageConfig::DynamoDb { .. })
+        || matches!(config.seal, SealConfig::AwsKms { .. });
+    let aws = match needs_aws {
+        true => Some(crate::aws::sdk_config().await),
+        false => None,
+    };
     let storage: Arc<dyn Storage> = match &config.storage {
         StorageConfig::Sqlite { path } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -28,6 +36,10 @@ pub fn assemble(config: &Config) -> anyhow::Result<Parts> {
             }
             Arc::new(SqliteStorage::open(path)?)
         }
+        StorageConfig::DynamoDb { table } => Arc::new(DynamoStorage::new(
+            aws_sdk_dynamodb::Client::new(aws.as_ref().expect("loaded for dynamodb")),
+            table,
+        )),
     };
     let seal: Arc<dyn Seal> = match &config.seal {
         SealConfig::File { key_file } => {
@@ -35,6 +47,10 @@ pub fn assemble(config: &Config) -> anyhow::Result<Parts> {
             seal.ensure_key()?;
             Arc::new(seal)
         }
+        SealConfig::AwsKms { key_id } => Arc::new(AwsKmsSeal::new(
+            aws_sdk_kms::Client::new(aws.as_ref().expect("loaded for awskms")),
+            key_id,
+        )),
     };
     let (tls, dev_ca) = match &config.tls {
         TlsSource::Files { cert, key } => (crate::tls::server_config(cert, key)?, None),

@@ -250,6 +250,14 @@ async fn invalid_requests_are_refused(s: &dyn Storage, p: &str) {
         s.list(p).await.unwrap().is_empty(),
         "refused transaction wrote nothing"
     );
+    assert!(
+        matches!(
+            s.put(&format!("{p}folder/"), vec![1], Precondition::None)
+                .await,
+            Err(StorageError::Invalid(_))
+        ),
+        "a key ending in '/' would be a folder in listings"
+    );
     let twice = vec![
         Op::Put {
             key: format!("{p}d"),

@@ -3,6 +3,7 @@
 //! by the barrier; a backend never sees plaintext.
 
 pub mod conformance;
+pub mod dynamodb;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -119,8 +120,11 @@ pub fn validate_transaction(ops: &[Op]) -> Result<(), StorageError> {
         ));
     }
     for op in ops {
-        if op.key().is_empty() {
-            return Err(StorageError::Invalid("empty key".into()));
+        if op.key().is_empty() || op.key().ends_with('/') {
+            return Err(StorageError::Invalid(format!(
+                "keys are not empty and do not end with '/' (listings use that for folders): {:?}",
+                op.key()
+            )));
         }
         if let Op::Put { key, value, .. } = op {
             if value.len() > MAX_VALUE_BYTES {
