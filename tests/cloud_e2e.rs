@@ -65,6 +65,9 @@ async fn dynamodb_storage_passes_the_conformance_suite() {
     let moto = moto();
     let storage = table(&moto.endpoint(), "conformance").await;
     kinko_server::storage::conformance::run_all(Arc::new(storage)).await;
+    // Again with small pages: listings and folder checks must follow every page.
+    let paged = table(&moto.endpoint(), "paged").await.with_page_limit(7);
+    kinko_server::storage::conformance::run_all(Arc::new(paged)).await;
 }
 
 #[tokio::test]
@@ -567,4 +570,43 @@ async fn kv_through_a_throttling_proxy_loses_nothing() {
     let stats = proxy_stats(&proxy).await;
     assert!(stats["throttled"].as_u64().unwrap() > 10, "{stats}");
     assert!(metric(&root, "kinko_aws_retries_total", "").await > 10);
+}
+
+#[tokio::test]
+async fn a_kms_key_that_denies_keeps_the_server_up_and_sealed() {
+    let moto = moto();
+    let dir = tempfile::tempdir().unwrap();
+    table(&moto.endpoint(), "kms-denied").await;
+    let cloud = Cloud::new(dir.path(), "kms-denied", &kms_key(&moto.endpoint()).await);
+    let first = cloud.replica("first", &moto.endpoint(), &moto.endpoint());
+    init(&first).await;
+    assert!(first.terminate().success());
+
+    // Configured with another key, which KMS refuses to use for this root key's blob.
+    let wrong_key = kms_key(&moto.endpoint()).await;
+    std::fs::create_dir_all(dir.path().join("wrong")).unwrap();
+    let misconfigured = Cloud::new(&dir.path().join("wrong"), "kms-denied", &wrong_key);
+    let server = misconfigured.replica("second", &moto.endpoint(), &moto.endpoint());
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let log = server.stderr();
+            log.contains("auto-unseal failed")
+                && log.contains(&wrong_key)
+                && log.contains("AccessDenied")
+        })
+        .await,
+        "the log names the key and KMS's refusal: {}",
+        server.stderr()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        server.client(None).health().await.unwrap(),
+        503,
+        "sealed, and still serving"
+    );
+    let attempts = server.stderr().matches("auto-unseal failed").count();
+    assert!(
+        (1..=3).contains(&attempts),
+        "retries back off (1 s, 2 s, 4 s, ...), no tight loop: {attempts} attempts in ~2 s"
+    );
 }

@@ -14,7 +14,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 pub use aws_config::SdkConfig;
 use aws_sdk_dynamodb::config::http::HttpResponse;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use rand::Rng;
 
@@ -82,9 +82,29 @@ pub fn is_transient<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) 
     }
 }
 
-/// One line for logs and error bodies: the error code and message, never request payloads.
-pub fn describe<E: std::error::Error + 'static>(error: &SdkError<E, HttpResponse>) -> String {
-    format!("{}", DisplayErrorContext(error))
+/// One line for logs and error bodies: the AWS error code, status and message, or the chain
+/// of transport errors. Never the raw response or request.
+pub fn describe<E>(error: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    if let SdkError::ServiceError(service) = error {
+        let inner = service.err();
+        return format!(
+            "{} (HTTP {}): {}",
+            inner.code().unwrap_or("unknown error"),
+            service.raw().status().as_u16(),
+            inner.message().unwrap_or("no message")
+        );
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Full jitter: a random wait below an exponentially growing, capped ceiling.

@@ -46,6 +46,8 @@ pub struct DynamoStorage {
     client: Client,
     table: String,
     known_dirs: Mutex<HashSet<String>>,
+    /// Items per `Query` page; `None` lets DynamoDB fill its 1 MB pages.
+    page_limit: Option<i32>,
 }
 
 /// Splits `a/b/c` into (`a/b/`, `c`); the directory keeps its trailing slash.
@@ -183,7 +185,14 @@ impl DynamoStorage {
             client,
             table: table.into(),
             known_dirs: Mutex::new(HashSet::new()),
+            page_limit: None,
         }
+    }
+
+    /// Smaller `Query` pages, so tests walk several pages with a few keys.
+    pub fn with_page_limit(mut self, items: i32) -> DynamoStorage {
+        self.page_limit = Some(items);
+        self
     }
 
     pub fn table(&self) -> &str {
@@ -344,6 +353,7 @@ impl DynamoStorage {
                     .set_expression_attribute_names(names(&[("#dir", DIR), ("#name", NAME)]))
                     .set_expression_attribute_values(Some(values.clone()))
                     .set_exclusive_start_key(start.clone())
+                    .set_limit(self.page_limit)
                     .send()
             },
             is_transient,
