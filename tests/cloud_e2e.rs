@@ -95,10 +95,10 @@ async fn dynamodb_listing_hides_folders_whose_keys_are_gone() {
 }
 
 #[tokio::test]
-async fn dynamodb_storage_rides_out_throttling_and_loses_nothing() {
+async fn dynamodb_storage_rides_out_throttling_and_unprocessed_items_and_loses_nothing() {
     let moto = moto();
     table(&moto.endpoint(), "throttled").await;
-    let proxy = fault_proxy(0, moto.port, 0.3);
+    let proxy = fault_proxy(0, moto.port, 0.15, 0.2);
     let config = aws_config(&proxy.endpoint()).await;
     let storage = Arc::new(DynamoStorage::new(
         aws_sdk_dynamodb::Client::new(&config),
@@ -109,7 +109,8 @@ async fn dynamodb_storage_rides_out_throttling_and_loses_nothing() {
             let storage = storage.clone();
             tokio::spawn(async move {
                 for round in 0..10u64 {
-                    let key = format!("load/w{writer}/k{round}");
+                    // A folder per key: each first write sends its folder marker in a batch.
+                    let key = format!("load/w{writer}/k{round}/item");
                     storage
                         .put(&key, vec![writer; 64], Precondition::Absent)
                         .await
@@ -127,10 +128,10 @@ async fn dynamodb_storage_rides_out_throttling_and_loses_nothing() {
     }
     for writer in 0..8u8 {
         let listed = storage.list(&format!("load/w{writer}/")).await.unwrap();
-        assert_eq!(listed.len(), 10, "writer {writer}: every key is listed");
+        assert_eq!(listed.len(), 10, "writer {writer}: every folder is listed");
         for round in 0..10 {
             let entry = storage
-                .get(&format!("load/w{writer}/k{round}"))
+                .get(&format!("load/w{writer}/k{round}/item"))
                 .await
                 .unwrap()
                 .expect("written key is there");
@@ -140,8 +141,8 @@ async fn dynamodb_storage_rides_out_throttling_and_loses_nothing() {
     }
     let stats = proxy_stats(&proxy).await;
     assert!(
-        stats["throttled"].as_u64().unwrap() >= 20,
-        "the proxy really throttled: {stats}"
+        stats["throttled"].as_u64().unwrap() >= 20 && stats["unprocessed"].as_u64().unwrap() >= 5,
+        "the proxy really throttled and left items unprocessed: {stats}"
     );
 }
 
@@ -458,7 +459,7 @@ async fn kms_unreachable_at_start_stays_sealed_then_unseals_without_restart() {
         server.stderr()
     );
 
-    let _kms = fault_proxy(kms_port, moto.port, 0.0);
+    let _kms = fault_proxy(kms_port, moto.port, 0.0, 0.0);
     assert!(
         unsealed(&root, Duration::from_secs(70)).await,
         "unseals once KMS answers: {}",
@@ -527,7 +528,7 @@ async fn kv_through_a_throttling_proxy_loses_nothing() {
     let moto = moto();
     let dir = tempfile::tempdir().unwrap();
     table(&moto.endpoint(), "kv-throttled").await;
-    let proxy = fault_proxy(0, moto.port, 0.25);
+    let proxy = fault_proxy(0, moto.port, 0.15, 0.2);
     let cloud = Cloud::new(dir.path(), "kv-throttled", &kms_key(&moto.endpoint()).await);
     let server = cloud.replica("only", &proxy.endpoint(), &moto.endpoint());
     let root_token = init(&server).await;

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A small HTTP fault proxy for the AWS emulator: forwards requests to --upstream, answering a
-share of them (--throttle, 0..1) the way DynamoDB does when it throttles, without forwarding.
+share of them (--throttle, 0..1) the way DynamoDB does when it throttles, without forwarding,
+and a share of BatchWriteItem calls (--unprocessed) with every item returned unprocessed.
 
-GET /__proxy/stats answers {"forwarded": N, "throttled": M}. Prints "listening on PORT" once
+GET /__proxy/stats answers {"forwarded": N, "throttled": M, "unprocessed": U}. Prints "listening on PORT" once
 ready (--port 0 picks a free port)."""
 
 import argparse
@@ -22,7 +23,7 @@ THROTTLED = json.dumps({
 
 class Proxy(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    stats = {"forwarded": 0, "throttled": 0}
+    stats = {"forwarded": 0, "throttled": 0, "unprocessed": 0}
     lock = threading.Lock()
 
     def log_message(self, *args):
@@ -55,6 +56,14 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 ("Content-Type", "application/x-amz-json-1.0"),
                 ("x-amzn-ErrorType", "ProvisionedThroughputExceededException"),
             ])
+        batch = self.headers.get("X-Amz-Target", "").endswith(".BatchWriteItem")
+        if batch and random.random() < self.server.unprocessed:
+            with Proxy.lock:
+                Proxy.stats["unprocessed"] += 1
+            items = json.loads(body)["RequestItems"]
+            return self.reply(200, json.dumps({"UnprocessedItems": items}).encode(), [
+                ("Content-Type", "application/x-amz-json-1.0"),
+            ])
         upstream = http.client.HTTPConnection(self.server.upstream, timeout=30)
         headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
         upstream.request(self.command, self.path, body=body, headers=headers)
@@ -73,11 +82,13 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--upstream", required=True, help="HOST:PORT")
     parser.add_argument("--throttle", type=float, default=0.0)
+    parser.add_argument("--unprocessed", type=float, default=0.0)
     args = parser.parse_args()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Proxy)
     server.daemon_threads = True
     server.upstream = args.upstream
     server.throttle = args.throttle
+    server.unprocessed = args.unprocessed
     print(f"listening on {server.server_address[1]}", flush=True)
     server.serve_forever()
 

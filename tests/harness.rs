@@ -308,8 +308,9 @@ pub fn moto() -> Helper {
 }
 
 /// `tests/fault_proxy.py` in front of `upstream`, answering a `throttle` share of requests
-/// with DynamoDB's throttling error. `port` 0 picks a free port.
-pub fn fault_proxy(port: u16, upstream: u16, throttle: f64) -> Helper {
+/// with DynamoDB's throttling error and an `unprocessed` share of `BatchWriteItem` calls with
+/// nothing processed. `port` 0 picks a free port.
+pub fn fault_proxy(port: u16, upstream: u16, throttle: f64, unprocessed: f64) -> Helper {
     python_helper(
         "fault_proxy.py",
         &[
@@ -319,6 +320,8 @@ pub fn fault_proxy(port: u16, upstream: u16, throttle: f64) -> Helper {
             &format!("127.0.0.1:{upstream}"),
             "--throttle",
             &throttle.to_string(),
+            "--unprocessed",
+            &unprocessed.to_string(),
         ],
     )
 }

@@ -300,11 +300,16 @@ impl DynamoStorage {
                     .await;
                 match sent {
                     Ok(output) => {
-                        pending = output
+                        let left: Vec<WriteRequest> = output
                             .unprocessed_items()
                             .and_then(|items| items.get(&self.table))
                             .cloned()
                             .unwrap_or_default();
+                        if left.len() < pending.len() {
+                            // Progress: the budget is for attempts that achieve nothing.
+                            attempt = attempt.min(1);
+                        }
+                        pending = left;
                     }
                     Err(error) if is_transient(&error) && attempt < aws::MAX_ATTEMPTS => {}
                     Err(error) => {
