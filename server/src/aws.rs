@@ -143,6 +143,66 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_dynamodb::error::{ConnectorError, ErrorMetadata};
+    use aws_sdk_dynamodb::operation::get_item::GetItemError;
+
+    fn service(status: u16, code: &str) -> SdkError<GetItemError, HttpResponse> {
+        let error = GetItemError::generic(
+            ErrorMetadata::builder()
+                .code(code)
+                .message("details")
+                .build(),
+        );
+        let raw = HttpResponse::new(
+            http::StatusCode::from_u16(status).unwrap().into(),
+            "".into(),
+        );
+        SdkError::service_error(error, raw)
+    }
+
+    #[test]
+    fn throttling_server_errors_and_transport_failures_are_transient() {
+        for code in [
+            "ProvisionedThroughputExceededException",
+            "ThrottlingException",
+            "RequestLimitExceeded",
+        ] {
+            assert!(is_transient(&service(400, code)), "{code}");
+        }
+        assert!(is_transient(&service(500, "InternalServerError")));
+        assert!(is_transient(&service(503, "Anything")), "any 5xx");
+        let timeout: SdkError<GetItemError, HttpResponse> = SdkError::timeout_error("slow");
+        assert!(is_transient(&timeout));
+        let refused: SdkError<GetItemError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::io("connection refused".into()));
+        assert!(is_transient(&refused));
+
+        for code in [
+            "ResourceNotFoundException",
+            "AccessDeniedException",
+            "ValidationException",
+        ] {
+            assert!(!is_transient(&service(400, code)), "{code} is final");
+        }
+        let misuse: SdkError<GetItemError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::user("bad endpoint".into()));
+        assert!(!is_transient(&misuse));
+    }
+
+    #[test]
+    fn descriptions_name_the_code_status_and_message() {
+        assert_eq!(
+            describe(&service(400, "ResourceNotFoundException")),
+            "ResourceNotFoundException (HTTP 400): details"
+        );
+        let refused: SdkError<GetItemError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::io("connection refused".into()));
+        assert!(
+            describe(&refused).ends_with("connection refused"),
+            "{}",
+            describe(&refused)
+        );
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
