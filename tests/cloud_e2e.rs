@@ -140,6 +140,7 @@ async fn dynamodb_storage_rides_out_throttling_and_unprocessed_items_and_loses_n
         }
     }
     let stats = proxy_stats(&proxy).await;
+    println!("fault proxy, storage level: {stats}");
     assert!(
         stats["throttled"].as_u64().unwrap() >= 20 && stats["unprocessed"].as_u64().unwrap() >= 5,
         "the proxy really throttled and left items unprocessed: {stats}"
@@ -362,6 +363,12 @@ async fn replicas_share_one_table_and_race_fairly() {
     let read_gets = metric(&root_b, "kinko_dynamodb_requests_total", "GetItem").await - gets;
     let read_all = metric(&root_b, "kinko_dynamodb_requests_total", "operation").await - all;
     let all = metric(&root_b, "kinko_dynamodb_requests_total", "operation").await;
+    let transactions = metric(
+        &root_b,
+        "kinko_dynamodb_requests_total",
+        "TransactWriteItems",
+    )
+    .await;
     for i in 0..10 {
         root_b
             .kv_write(
@@ -374,11 +381,23 @@ async fn replicas_share_one_table_and_race_fairly() {
             .unwrap();
     }
     let write_all = metric(&root_b, "kinko_dynamodb_requests_total", "operation").await - all;
+    let write_transactions = metric(
+        &root_b,
+        "kinko_dynamodb_requests_total",
+        "TransactWriteItems",
+    )
+    .await
+        - transactions;
     println!(
-        "DynamoDB calls per KV read: {:.1} ({:.1} GetItem); per KV write: {:.1}",
+        "DynamoDB calls per KV read: {:.1} ({:.1} GetItem); per KV write: {:.1} ({:.1} TransactWriteItems)",
         read_all as f64 / 10.0,
         read_gets as f64 / 10.0,
-        write_all as f64 / 10.0
+        write_all as f64 / 10.0,
+        write_transactions as f64 / 10.0
+    );
+    assert!(
+        (10..=11).contains(&write_transactions),
+        "one transaction per KV write (and at most one nonce-block reservation): {write_transactions}"
     );
     assert!(
         read_all <= 22,
@@ -569,6 +588,7 @@ async fn kv_through_a_throttling_proxy_loses_nothing() {
         .unwrap();
     assert_eq!(listed["data"]["keys"].as_array().unwrap().len(), 30);
     let stats = proxy_stats(&proxy).await;
+    println!("fault proxy, KV through kinko: {stats}");
     assert!(stats["throttled"].as_u64().unwrap() > 10, "{stats}");
     assert!(metric(&root, "kinko_aws_retries_total", "").await > 10);
 }
