@@ -216,16 +216,7 @@ impl Cloud {
 }
 
 async fn init(server: &Kinko) -> String {
-    let init = server
-        .client(None)
-        .request(
-            Method::PUT,
-            "sys/init",
-            Some(&json!({ "recovery_shares": 3, "recovery_threshold": 2 })),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let init = server.initialize().await;
     assert_eq!(init["recovery_keys"].as_array().unwrap().len(), 3);
     init["root_token"].as_str().unwrap().to_owned()
 }

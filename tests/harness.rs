@@ -152,6 +152,19 @@ impl Kinko {
         builder.build().expect("client")
     }
 
+    /// `PUT sys/init` with 3 recovery shares, threshold 2; returns the answer.
+    pub async fn initialize(&self) -> serde_json::Value {
+        self.client(None)
+            .request(
+                kinko_client::Method::PUT,
+                "sys/init",
+                Some(&serde_json::json!({ "recovery_shares": 3, "recovery_threshold": 2 })),
+            )
+            .await
+            .expect("sys/init")
+            .expect("sys/init answers with the root token")
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }

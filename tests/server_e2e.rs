@@ -185,15 +185,7 @@ async fn production_form_initialises_once_and_auto_unseals_on_restart() {
     let server = Kinko::production(&vars, &ca, dir.path());
     let anonymous = server.client(None);
     assert_eq!(anonymous.health().await.unwrap(), 501, "not initialised");
-    let init = anonymous
-        .request(
-            Method::PUT,
-            "sys/init",
-            Some(&json!({ "recovery_shares": 3, "recovery_threshold": 2 })),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let init = server.initialize().await;
     let root_token = init["root_token"].as_str().unwrap().to_owned();
     assert_eq!(init["recovery_keys"].as_array().unwrap().len(), 3);
     let root = server.client(Some(&root_token));

@@ -78,64 +78,68 @@ impl Metrics {
 
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
+        let mut counter = |name: &str, help: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (labels, value) in samples {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
-        let requests: Vec<(String, u64)> = STATUS_CLASSES
-            .iter()
-            .zip(&self.requests)
-            .map(|(class, n)| (format!("{{code=\"{class}\"}}"), n.load(Relaxed)))
-            .collect();
-        let requests: Vec<(&str, u64)> = requests.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        let unlabelled = |n: &AtomicU64| vec![(String::new(), n.load(Relaxed))];
         counter(
             "kinko_http_requests_total",
             "HTTP API responses by status class.",
-            &requests,
+            &by_label("code", &STATUS_CLASSES, &self.requests),
         );
         counter(
             "kinko_storage_operations_total",
             "Calls to the storage backend by kind.",
-            &[
-                ("{op=\"get\"}", self.storage_reads.load(Relaxed)),
-                ("{op=\"list\"}", self.storage_lists.load(Relaxed)),
-                ("{op=\"transact\"}", self.storage_transactions.load(Relaxed)),
-            ],
+            &by_label(
+                "op",
+                &["get", "list", "transact"],
+                [
+                    &self.storage_reads,
+                    &self.storage_lists,
+                    &self.storage_transactions,
+                ],
+            ),
         );
         counter(
             "kinko_storage_conflicts_total",
             "Transactions refused by a failed precondition (check-and-set races).",
-            &[("", self.storage_conflicts.load(Relaxed))],
+            &unlabelled(&self.storage_conflicts),
         );
-        let dynamodb: Vec<(String, u64)> = DYNAMODB_OPERATIONS
-            .iter()
-            .zip(&self.dynamodb_requests)
-            .map(|(op, n)| (format!("{{operation=\"{op}\"}}"), n.load(Relaxed)))
-            .collect();
-        let dynamodb: Vec<(&str, u64)> = dynamodb.iter().map(|(l, n)| (l.as_str(), *n)).collect();
         counter(
             "kinko_dynamodb_requests_total",
             "DynamoDB API requests sent, retries included.",
-            &dynamodb,
+            &by_label("operation", &DYNAMODB_OPERATIONS, &self.dynamodb_requests),
         );
         counter(
             "kinko_aws_retries_total",
             "AWS calls repeated after throttling or a transient failure.",
-            &[("", self.aws_retries.load(Relaxed))],
+            &unlabelled(&self.aws_retries),
         );
         counter(
             "kinko_auth_logins_total",
             "Auth method logins by outcome.",
-            &[
-                (
-                    "{outcome=\"succeeded\"}",
-                    self.logins_succeeded.load(Relaxed),
-                ),
-                ("{outcome=\"refused\"}", self.logins_refused.load(Relaxed)),
-            ],
+            &by_label(
+                "outcome",
+                &["succeeded", "refused"],
+                [&self.logins_succeeded, &self.logins_refused],
+            ),
         );
         out
     }
+}
+
+/// One sample per fixed label value: `{label="value"} count`.
+fn by_label<'a>(
+    label: &str,
+    values: &[&str],
+    counts: impl IntoIterator<Item = &'a AtomicU64>,
+) -> Vec<(String, u64)> {
+    values
+        .iter()
+        .zip(counts)
+        .map(|(value, n)| (format!("{{{label}=\"{value}\"}}"), n.load(Relaxed)))
+        .collect()
 }
