@@ -8,8 +8,8 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use kinko_client::{Client, Method};
 use kinko_e2e::{
-    aws_config, aws_env, binary, eventually, fault_proxy, free_port, moto, write_certificate,
-    Helper, Kinko,
+    assert_consistent_after_crash, aws_config, aws_env, binary, eventually, fault_proxy, free_port,
+    moto, write_certificate, write_until_killed, Helper, Kinko,
 };
 use kinko_server::seal::awskms::AwsKmsSeal;
 use kinko_server::seal::{Seal, SealError};
@@ -621,4 +621,29 @@ async fn a_kms_key_that_denies_keeps_the_server_up_and_sealed() {
         (1..=3).contains(&attempts),
         "retries back off (1 s, 2 s, 4 s, ...), no tight loop: {attempts} attempts in ~2 s"
     );
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_write_leaves_every_key_consistent() {
+    let moto = moto();
+    let dir = tempfile::tempdir().unwrap();
+    table(&moto.endpoint(), "crash").await;
+    let cloud = Cloud::new(dir.path(), "crash", &kms_key(&moto.endpoint()).await);
+    let server = cloud.replica("first", &moto.endpoint(), &moto.endpoint());
+    let root_token = init(&server).await;
+    server
+        .client(Some(&root_token))
+        .request(
+            Method::POST,
+            "sys/mounts/secret",
+            Some(&json!({ "type": "kv-v2" })),
+        )
+        .await
+        .unwrap();
+    let acknowledged = write_until_killed(server, &root_token, 4, Duration::from_secs(2)).await;
+
+    let again = cloud.replica("second", &moto.endpoint(), &moto.endpoint());
+    let root = again.client(Some(&root_token));
+    assert!(unsealed(&root, Duration::from_secs(10)).await);
+    assert_consistent_after_crash(&root, &acknowledged).await;
 }

@@ -176,6 +176,13 @@ impl Kinko {
             .map(str::to_owned)
     }
 
+    /// SIGKILL: the process gets no chance to finish anything (a crash, an OOM kill).
+    pub fn kill_hard(mut self) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.pid(), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM to this process and waits (bounded) for it to exit.
     pub fn terminate(mut self) -> ExitStatus {
         // SAFETY: signalling our own child by its pid.
@@ -399,4 +406,94 @@ pub async fn aws_config(endpoint: &str) -> kinko_server::aws::SdkConfig {
         ))
         .load()
         .await
+}
+
+/// Writes `crash/w<i>` from `writers` concurrent writers, each version's data `{"n": version}`,
+/// until `for_how_long` has passed, then kills the server with SIGKILL mid-write. Returns the
+/// last version each writer saw acknowledged.
+pub async fn write_until_killed(
+    server: Kinko,
+    token: &str,
+    writers: usize,
+    for_how_long: Duration,
+) -> Vec<u64> {
+    let client = server.client(Some(token));
+    let stop = Instant::now() + for_how_long;
+    let tasks: Vec<_> = (0..writers)
+        .map(|writer| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut acknowledged = 0;
+                loop {
+                    let next = acknowledged + 1;
+                    let data = serde_json::json!({ "n": next.to_string() });
+                    let path = format!("crash/w{writer}");
+                    match client
+                        .kv_write(
+                            "secret",
+                            &path,
+                            data.as_object().unwrap(),
+                            Some(acknowledged),
+                        )
+                        .await
+                    {
+                        Ok(version) => {
+                            assert_eq!(version, next, "{path}: versions follow the writes");
+                            acknowledged = version;
+                        }
+                        // The kill: every later request fails too.
+                        Err(_) => return acknowledged,
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(stop.saturating_duration_since(Instant::now())).await;
+    server.kill_hard();
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.push(task.await.expect("writer"));
+    }
+    acknowledged
+}
+
+/// After a crash: every acknowledged write is there, and every version the metadata keeps
+/// reads back with its own data (metadata and version items were written together).
+pub async fn assert_consistent_after_crash(client: &kinko_client::Client, acknowledged: &[u64]) {
+    for (writer, acked) in acknowledged.iter().enumerate() {
+        assert!(
+            *acked > 0,
+            "writer {writer} wrote something before the kill"
+        );
+        let path = format!("crash/w{writer}");
+        let latest = client
+            .kv_read("secret", &path, None)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{path} is gone"));
+        assert!(
+            latest.version == *acked || latest.version == acked + 1,
+            "{path}: acknowledged {acked}, found {} (at most the one write in flight may land)",
+            latest.version
+        );
+        let metadata = client
+            .request(
+                kinko_client::Method::GET,
+                &format!("secret/metadata/{path}"),
+                None,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let kept = metadata["data"]["versions"].as_object().unwrap();
+        assert!(kept.contains_key(&latest.version.to_string()));
+        for version in kept.keys().map(|v| v.parse::<u64>().unwrap()) {
+            let read = client
+                .kv_read("secret", &path, Some(version))
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{path} version {version} is missing"));
+            assert_eq!(read.data["n"], version.to_string(), "{path} v{version}");
+        }
+    }
 }

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use kinko_client::Error;
 use kinko_client::{Client, Method};
-use kinko_e2e::{binary, clear_kinko_env, eventually, write_certificate, Kinko};
+use kinko_e2e::{
+    assert_consistent_after_crash, binary, clear_kinko_env, eventually, write_certificate,
+    write_until_killed, Kinko,
+};
 use serde_json::{json, Map, Value};
 
 fn data(pairs: &[(&str, &str)]) -> Map<String, Value> {
@@ -267,4 +270,13 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         old.health().await.is_err(),
         "the old certificate is no longer served"
     );
+}
+
+#[tokio::test]
+async fn killed_mid_write_the_embedded_store_keeps_every_key_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Kinko::dev(dir.path(), Some("crash-root"));
+    let acknowledged = write_until_killed(server, "crash-root", 4, Duration::from_secs(2)).await;
+    let again = Kinko::dev(dir.path(), None);
+    assert_consistent_after_crash(&again.client(Some("crash-root")), &acknowledged).await;
 }
