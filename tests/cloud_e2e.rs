@@ -221,6 +221,21 @@ async fn init(server: &Kinko) -> String {
     init["root_token"].as_str().unwrap().to_owned()
 }
 
+/// Initialises the cluster and mounts KV v2 at `secret/`; returns the root token.
+async fn init_with_secret_mount(server: &Kinko) -> String {
+    let root_token = init(server).await;
+    server
+        .client(Some(&root_token))
+        .request(
+            Method::POST,
+            "sys/mounts/secret",
+            Some(&json!({ "type": "kv-v2" })),
+        )
+        .await
+        .unwrap();
+    root_token
+}
+
 async fn unsealed(client: &Client, limit: Duration) -> bool {
     eventually(limit, || async {
         client
@@ -436,16 +451,7 @@ async fn kms_unreachable_at_start_stays_sealed_then_unseals_without_restart() {
     let key_id = kms_key(&moto.endpoint()).await;
     let cloud = Cloud::new(dir.path(), "kms-down", &key_id);
     let first = cloud.replica("first", &moto.endpoint(), &moto.endpoint());
-    let root_token = init(&first).await;
-    first
-        .client(Some(&root_token))
-        .request(
-            Method::POST,
-            "sys/mounts/secret",
-            Some(&json!({ "type": "kv-v2" })),
-        )
-        .await
-        .unwrap();
+    let root_token = init_with_secret_mount(&first).await;
     first
         .client(Some(&root_token))
         .kv_write("secret", "db", &data(&[("password", "kept")]), None)
@@ -541,15 +547,8 @@ async fn kv_through_a_throttling_proxy_loses_nothing() {
     let proxy = fault_proxy(0, moto.port, 0.15, 0.2);
     let cloud = Cloud::new(dir.path(), "kv-throttled", &kms_key(&moto.endpoint()).await);
     let server = cloud.replica("only", &proxy.endpoint(), &moto.endpoint());
-    let root_token = init(&server).await;
+    let root_token = init_with_secret_mount(&server).await;
     let root = server.client(Some(&root_token));
-    root.request(
-        Method::POST,
-        "sys/mounts/secret",
-        Some(&json!({ "type": "kv-v2" })),
-    )
-    .await
-    .unwrap();
     for i in 0..30 {
         root.kv_write(
             "secret",
@@ -630,16 +629,7 @@ async fn a_replica_killed_mid_write_leaves_every_key_consistent() {
     table(&moto.endpoint(), "crash").await;
     let cloud = Cloud::new(dir.path(), "crash", &kms_key(&moto.endpoint()).await);
     let server = cloud.replica("first", &moto.endpoint(), &moto.endpoint());
-    let root_token = init(&server).await;
-    server
-        .client(Some(&root_token))
-        .request(
-            Method::POST,
-            "sys/mounts/secret",
-            Some(&json!({ "type": "kv-v2" })),
-        )
-        .await
-        .unwrap();
+    let root_token = init_with_secret_mount(&server).await;
     let acknowledged = write_until_killed(server, &root_token, 4, Duration::from_secs(2)).await;
 
     let again = cloud.replica("second", &moto.endpoint(), &moto.endpoint());
