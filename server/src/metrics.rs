@@ -18,8 +18,23 @@ pub struct Metrics {
 }
 
 /// The DynamoDB API calls the storage backend makes; each is counted per attempt.
-pub const DYNAMODB_OPERATIONS: [&str; 4] =
-    ["GetItem", "Query", "TransactWriteItems", "BatchWriteItem"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DynamoOperation {
+    GetItem,
+    Query,
+    TransactWriteItems,
+    BatchWriteItem,
+}
+
+/// The API names, in the order of [`DynamoOperation`]'s variants.
+const DYNAMODB_OPERATIONS: [&str; 4] = ["GetItem", "Query", "TransactWriteItems", "BatchWriteItem"];
+
+impl DynamoOperation {
+    /// The API name, as AWS documents and CloudTrail shows it.
+    pub fn name(self) -> &'static str {
+        DYNAMODB_OPERATIONS[self as usize]
+    }
+}
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -65,11 +80,8 @@ impl Metrics {
         .fetch_add(1, Relaxed);
     }
 
-    /// `operation` is one of [`DYNAMODB_OPERATIONS`].
-    pub fn dynamodb_request(&self, operation: &str) {
-        if let Some(at) = DYNAMODB_OPERATIONS.iter().position(|o| *o == operation) {
-            self.dynamodb_requests[at].fetch_add(1, Relaxed);
-        }
+    pub fn dynamodb_request(&self, operation: DynamoOperation) {
+        self.dynamodb_requests[operation as usize].fetch_add(1, Relaxed);
     }
 
     pub fn aws_retry(&self) {

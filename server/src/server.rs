@@ -23,12 +23,8 @@ pub struct Parts {
 }
 
 pub async fn assemble(config: &Config) -> anyhow::Result<Parts> {
-    let needs_aws = matches!(config.storage, StorageConfig::DynamoDb { .. })
-        || matches!(config.seal, SealConfig::AwsKms { .. });
-    let aws = match needs_aws {
-        true => Some(crate::aws::sdk_config().await),
-        false => None,
-    };
+    // Loaded once, and only when storage or seal is on AWS.
+    let aws = tokio::sync::OnceCell::new();
     let storage: Arc<dyn Storage> = match &config.storage {
         StorageConfig::Sqlite { path } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -37,7 +33,7 @@ pub async fn assemble(config: &Config) -> anyhow::Result<Parts> {
             Arc::new(SqliteStorage::open(path)?)
         }
         StorageConfig::DynamoDb { table } => Arc::new(DynamoStorage::new(
-            aws_sdk_dynamodb::Client::new(aws.as_ref().expect("loaded for dynamodb")),
+            aws_sdk_dynamodb::Client::new(aws.get_or_init(crate::aws::sdk_config).await),
             table,
         )),
     };
@@ -48,7 +44,7 @@ pub async fn assemble(config: &Config) -> anyhow::Result<Parts> {
             Arc::new(seal)
         }
         SealConfig::AwsKms { key_id } => Arc::new(AwsKmsSeal::new(
-            aws_sdk_kms::Client::new(aws.as_ref().expect("loaded for awskms")),
+            aws_sdk_kms::Client::new(aws.get_or_init(crate::aws::sdk_config).await),
             key_id,
         )),
     };

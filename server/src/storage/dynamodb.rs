@@ -27,6 +27,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::{validate_transaction, Entry, Op, Precondition, Storage, StorageError};
 use crate::aws::{self, describe, is_transient, TRANSIENT_CANCELLATION_CODES};
+use crate::metrics::DynamoOperation::{BatchWriteItem, GetItem, Query, TransactWriteItems};
 use crate::metrics::METRICS;
 
 const DIR: &str = "dir";
@@ -291,7 +292,7 @@ impl DynamoStorage {
                     tokio::time::sleep(aws::backoff(attempt)).await;
                 }
                 attempt += 1;
-                METRICS.dynamodb_request("BatchWriteItem");
+                METRICS.dynamodb_request(BatchWriteItem);
                 let sent = self
                     .client
                     .batch_write_item()
@@ -313,12 +314,16 @@ impl DynamoStorage {
                     }
                     Err(error) if is_transient(&error) && attempt < aws::MAX_ATTEMPTS => {}
                     Err(error) => {
-                        return Err(unavailable("BatchWriteItem", attempt, describe(&error)))
+                        return Err(unavailable(
+                            BatchWriteItem.name(),
+                            attempt,
+                            describe(&error),
+                        ))
                     }
                 }
                 if !pending.is_empty() && attempt >= aws::MAX_ATTEMPTS {
                     return Err(unavailable(
-                        "BatchWriteItem",
+                        BatchWriteItem.name(),
                         attempt,
                         format!("{} item(s) stayed unprocessed", pending.len()),
                     ));
@@ -348,7 +353,7 @@ impl DynamoStorage {
         }
         let output = aws::with_retries(
             || {
-                METRICS.dynamodb_request("Query");
+                METRICS.dynamodb_request(Query);
                 self.client
                     .query()
                     .table_name(&self.table)
@@ -364,7 +369,7 @@ impl DynamoStorage {
             is_transient,
         )
         .await
-        .map_err(|(e, attempts)| unavailable("Query", attempts, describe(&e)))?;
+        .map_err(|(e, attempts)| unavailable(Query.name(), attempts, describe(&e)))?;
         let names = output
             .items()
             .iter()
@@ -424,7 +429,7 @@ impl Storage for DynamoStorage {
         }
         let output = aws::with_retries(
             || {
-                METRICS.dynamodb_request("GetItem");
+                METRICS.dynamodb_request(GetItem);
                 self.client
                     .get_item()
                     .table_name(&self.table)
@@ -435,7 +440,7 @@ impl Storage for DynamoStorage {
             is_transient,
         )
         .await
-        .map_err(|(e, attempts)| unavailable("GetItem", attempts, describe(&e)))?;
+        .map_err(|(e, attempts)| unavailable(GetItem.name(), attempts, describe(&e)))?;
         output.item().map(entry).transpose()
     }
 
@@ -488,7 +493,7 @@ impl Storage for DynamoStorage {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            METRICS.dynamodb_request("TransactWriteItems");
+            METRICS.dynamodb_request(TransactWriteItems);
             let sent = self
                 .client
                 .transact_write_items()
@@ -520,7 +525,11 @@ impl Storage for DynamoStorage {
                 _ => is_transient(&error),
             };
             if !retry || attempt >= aws::MAX_ATTEMPTS {
-                return Err(unavailable("TransactWriteItems", attempt, describe(&error)));
+                return Err(unavailable(
+                    TransactWriteItems.name(),
+                    attempt,
+                    describe(&error),
+                ));
             }
             METRICS.aws_retry();
             tokio::time::sleep(aws::backoff(attempt)).await;
