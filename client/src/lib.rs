@@ -37,11 +37,20 @@ impl Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// A KV v2 secret version as read.
-#[derive(Debug, Clone, PartialEq)]
+/// A KV v2 secret version as read. `Debug` shows the keys, never the values.
+#[derive(PartialEq)]
 pub struct KvSecret {
     pub data: Map<String, Value>,
     pub version: u64,
+}
+
+impl std::fmt::Debug for KvSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvSecret")
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("version", &self.version)
+            .finish()
+    }
 }
 
 /// The `auth` block of a response that issued a token.

@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::mounts::{Mount, MountTable, AUTH_PATH, MOUNTS_PATH};
 use crate::policies::{policy_write, PolicyStore};
 use crate::policy::DEFAULT_POLICY;
-use crate::seal::{hex, Seal};
-use crate::secret::{Key256, SecretString};
+use crate::seal::Seal;
+use crate::secret::{Key256, SecretBytes, SecretString};
 use crate::shamir;
 use crate::storage::{Op, Precondition, Storage, StorageError};
 use crate::tokens::{TokenRequest, TokenStore, TOKEN_KEY_PATH};
@@ -41,7 +41,7 @@ pub struct InitRequest {
     pub recovery_shares: u8,
     pub recovery_threshold: u8,
     /// Dev mode may choose the root token, as `vault server -dev-root-token-id` does.
-    pub root_token: Option<String>,
+    pub root_token: Option<SecretString>,
     /// Dev mode mounts KV v2 at `secret/`.
     pub mount_secret_kv: bool,
 }
@@ -86,7 +86,17 @@ impl Unsealed {
     ) -> Result<Unsealed> {
         let mounts = MountTable::load(&store, MOUNTS_PATH).await?;
         let auth = MountTable::load(&store, AUTH_PATH).await?;
-        Ok(Unsealed {
+        Ok(Unsealed::new(cluster_id, store, tokens, mounts, auth))
+    }
+
+    fn new(
+        cluster_id: String,
+        store: EncryptedStorage,
+        tokens: TokenStore,
+        mounts: MountTable,
+        auth: MountTable,
+    ) -> Unsealed {
+        Unsealed {
             cluster_id,
             store,
             tokens,
@@ -95,7 +105,7 @@ impl Unsealed {
             auth,
             review_clients: Default::default(),
             kv: Default::default(),
-        })
+        }
     }
 }
 
@@ -122,7 +132,7 @@ pub struct Core {
     seal: Arc<dyn Seal>,
     cluster_name: String,
     state: RwLock<Option<Arc<Unsealed>>>,
-    recovery_shares: Mutex<Vec<Vec<u8>>>,
+    recovery_shares: Mutex<Vec<SecretBytes>>,
     lifecycle: tokio::sync::Mutex<()>,
 }
 
@@ -201,7 +211,7 @@ impl Core {
             )
             .map_err(|e| Error::BadRequest(e.to_string()))?
             .into_iter()
-            .map(|share| SecretString::new(hex(&share)))
+            .map(|share| SecretString::new(hex::encode(share.expose())))
             .collect()
         };
         let config = SealConfig {
@@ -210,9 +220,11 @@ impl Core {
             seal_type: self.seal.kind().to_owned(),
             recovery_shares: request.recovery_shares,
             recovery_threshold: request.recovery_threshold,
-            recovery_check: hex(&recovery_mac(recovery_key.expose(), &cluster_id)
-                .finalize()
-                .into_bytes()),
+            recovery_check: hex::encode(
+                recovery_mac(recovery_key.expose(), &cluster_id)
+                    .finalize()
+                    .into_bytes(),
+            ),
         };
         let wrapped = self.seal.wrap(&root_key, &cluster_id).await?;
         let now = now_unix();
@@ -231,15 +243,17 @@ impl Core {
             path: "auth/token/root".into(),
             ..TokenRequest::default()
         };
-        let (root, mut writes) = tokens.issue(root_request, None, request.root_token);
+        let chosen_root = request.root_token.as_ref().map(|t| t.expose().to_owned());
+        let (root, mut writes) = tokens.issue(root_request, None, chosen_root);
         writes.push(Write::Put {
             path: TOKEN_KEY_PATH.into(),
             value: zeroize::Zeroizing::new(token_key.expose().to_vec()),
             precondition: Precondition::Absent,
         });
         writes.push(policy_write("default", DEFAULT_POLICY)?);
+        let mut mounts = Vec::new();
         if request.mount_secret_kv {
-            let mounts = vec![Mount::new("secret/", "kv", "key/value secret storage")];
+            mounts.push(Mount::new("secret/", "kv", "key/value secret storage"));
             writes.push(Write::put_json(MOUNTS_PATH, &mounts, Precondition::Absent));
         }
         let mut ops = vec![
@@ -265,7 +279,15 @@ impl Core {
             Err(StorageError::Conflict { .. }) => return Err(Error::AlreadyInitialized),
             Err(other) => return Err(other.into()),
         }
-        self.install(Unsealed::load(cluster_id, store, tokens).await?);
+        // From here on nothing may fail: the root token and recovery keys exist only in this
+        // result. So the unsealed state is built from what was just written, not read back.
+        self.install(Unsealed::new(
+            cluster_id,
+            store,
+            tokens,
+            MountTable::new(MOUNTS_PATH, mounts),
+            MountTable::new(AUTH_PATH, Vec::new()),
+        ));
         tracing::info!(cluster = %self.cluster_name, "initialized and unsealed");
         Ok(InitResult {
             recovery_keys,
@@ -327,8 +349,10 @@ impl Core {
                 "this cluster has no recovery keys; restart the server to unseal it through its seal",
             ));
         }
-        let share = crate::seal::unhex(share_hex.trim())
+        let share = hex::decode(share_hex.trim())
+            .ok()
             .filter(|s| s.len() == Key256::LEN + 1)
+            .map(SecretBytes::new)
             .ok_or_else(|| Error::bad_request("key is not a recovery key share (expected hex)"))?;
         let combined = {
             let mut shares = self.recovery_shares.lock().expect("share lock poisoned");
@@ -343,7 +367,7 @@ impl Core {
             combined
         };
         let valid = combined.as_ref().is_ok_and(|key| {
-            let expected = crate::seal::unhex(&config.recovery_check).unwrap_or_default();
+            let expected = hex::decode(&config.recovery_check).unwrap_or_default();
             recovery_mac(key, &config.cluster_id)
                 .verify_slice(&expected)
                 .is_ok()

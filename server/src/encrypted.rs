@@ -35,6 +35,11 @@ pub enum Write {
         path: String,
         precondition: Precondition,
     },
+    /// Writes nothing; the transaction applies only if `path` meets `precondition`.
+    Check {
+        path: String,
+        precondition: Precondition,
+    },
 }
 
 impl Write {
@@ -231,7 +236,12 @@ impl EncryptedStorage {
             None => Ok(None),
             Some(plain) => serde_json::from_slice(plain.bytes.expose())
                 .map(|value| Some((value, plain.version)))
-                .map_err(|e| Error::Internal(format!("stored value at {path} is not valid: {e}"))),
+                .map_err(|e| {
+                    Error::Internal(format!(
+                        "stored value at {path} is not valid: {}",
+                        crate::error::describe_json_error(&e)
+                    ))
+                }),
         }
     }
 
@@ -268,6 +278,10 @@ impl EncryptedStorage {
                     precondition,
                 },
                 Write::Delete { path, precondition } => Op::Delete {
+                    key: path,
+                    precondition,
+                },
+                Write::Check { path, precondition } => Op::Check {
                     key: path,
                     precondition,
                 },

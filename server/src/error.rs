@@ -47,6 +47,19 @@ impl Error {
     }
 }
 
+/// What went wrong parsing JSON, by kind and position only: serde_json's own messages quote
+/// the offending value ("invalid type: string \"hunter2\" ..."), and the JSON may be a
+/// decrypted secret or a request body.
+pub fn describe_json_error(error: &serde_json::Error) -> String {
+    let kind = match error.classify() {
+        serde_json::error::Category::Eof => "unexpected end of input",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "invalid data",
+        serde_json::error::Category::Io => "read error",
+    };
+    format!("{kind} at line {} column {}", error.line(), error.column())
+}
+
 impl From<StorageError> for Error {
     fn from(error: StorageError) -> Self {
         match error {
@@ -75,3 +88,20 @@ impl From<SealError> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_never_quote_the_value() {
+        let error = serde_json::from_slice::<Vec<u64>>(br#"["hunter2-canary"]"#).unwrap_err();
+        assert!(
+            error.to_string().contains("hunter2-canary"),
+            "serde_json quotes it"
+        );
+        let described = describe_json_error(&error);
+        assert!(!described.contains("hunter2"), "{described}");
+        assert!(described.contains("invalid data at line 1"), "{described}");
+    }
+}

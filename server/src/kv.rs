@@ -279,8 +279,12 @@ impl<'a> Kv<'a> {
         let Some(plain) = self.store.get(&self.version_key(path, version)).await? else {
             return Ok(ReadOutcome::Missing);
         };
-        let data: Value = serde_json::from_slice(plain.bytes.expose())
-            .map_err(|e| Error::Internal(format!("stored secret version is not JSON: {e}")))?;
+        let data: Value = serde_json::from_slice(plain.bytes.expose()).map_err(|e| {
+            Error::Internal(format!(
+                "stored secret version is not JSON: {}",
+                crate::error::describe_json_error(&e)
+            ))
+        })?;
         Ok(ReadOutcome::Found(
             json!({ "data": data, "metadata": metadata }),
         ))

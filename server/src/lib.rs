@@ -17,6 +17,7 @@ pub mod mounts;
 pub mod path;
 pub mod policies;
 pub mod policy;
+pub mod retry;
 pub mod seal;
 pub mod secret;
 pub mod server;

@@ -15,6 +15,7 @@ pub struct Metrics {
     logins_refused: AtomicU64,
     dynamodb_requests: [AtomicU64; DYNAMODB_OPERATIONS.len()],
     aws_retries: AtomicU64,
+    conflict_retries: AtomicU64,
 }
 
 /// The DynamoDB API calls the storage backend makes; each is counted per attempt.
@@ -48,6 +49,7 @@ pub static METRICS: Metrics = Metrics {
     logins_refused: AtomicU64::new(0),
     dynamodb_requests: [const { AtomicU64::new(0) }; DYNAMODB_OPERATIONS.len()],
     aws_retries: AtomicU64::new(0),
+    conflict_retries: AtomicU64::new(0),
 };
 
 impl Metrics {
@@ -88,6 +90,10 @@ impl Metrics {
         self.aws_retries.fetch_add(1, Relaxed);
     }
 
+    pub fn conflict_retry(&self) {
+        self.conflict_retries.fetch_add(1, Relaxed);
+    }
+
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, samples: &[(String, u64)]| {
@@ -119,6 +125,11 @@ impl Metrics {
             "kinko_storage_conflicts_total",
             "Transactions refused by a failed precondition (check-and-set races).",
             &unlabelled(&self.storage_conflicts),
+        );
+        counter(
+            "kinko_conflict_retries_total",
+            "Read-check-write attempts repeated after losing a race (see retry.rs).",
+            &unlabelled(&self.conflict_retries),
         );
         counter(
             "kinko_dynamodb_requests_total",

@@ -130,10 +130,15 @@ impl MountTable {
             .await?
             .map(|(m, _)| m)
             .unwrap_or_default();
-        Ok(MountTable {
+        Ok(MountTable::new(key, mounts))
+    }
+
+    /// A table whose stored content is known (just written by initialisation).
+    pub fn new(key: &'static str, mounts: Vec<Mount>) -> MountTable {
+        MountTable {
             key,
             mounts: RwLock::new(Arc::new(mounts)),
-        })
+        }
     }
 
     /// Re-reads the table (another replica may have changed it).

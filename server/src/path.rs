@@ -25,9 +25,68 @@ pub enum PathError {
     SegmentTooLong,
 }
 
+/// The canonical logical path of one request (`secret/data/app`, without `/v1/`): decoded and
+/// validated once at the entry, and the only path type that the policy check
+/// ([`crate::policy::Acl::allows`]) and the handlers take, so that the two can never disagree
+/// about which path a request names.
+///
+/// Canonical means: a `LIST` path always ends in `/` (as Vault appends it before the ACL
+/// check) and every other path never does, so `PUT sys/policy/admin/` *is* `sys/policy/admin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalPath {
+    path: String,
+    list: bool,
+}
+
+impl LogicalPath {
+    /// Parses the raw URI path (`/v1/secret/data/app`) of a request that lists (`list`) or not.
+    pub fn from_request(raw: &str, list: bool) -> Result<LogicalPath, PathError> {
+        LogicalPath::canonical(parse_request_path(raw)?, list)
+    }
+
+    /// Validates an already decoded logical path (`secret/data/app`).
+    pub fn new(logical: &str, list: bool) -> Result<LogicalPath, PathError> {
+        validate_logical_path(logical)?;
+        LogicalPath::canonical(logical.to_owned(), list)
+    }
+
+    fn canonical(mut path: String, list: bool) -> Result<LogicalPath, PathError> {
+        if list {
+            if !path.is_empty() && !path.ends_with('/') {
+                path.push('/');
+            }
+        } else {
+            while path.ends_with('/') {
+                path.pop();
+            }
+        }
+        Ok(LogicalPath { path, list })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.path
+    }
+
+    /// Whether this is a `LIST` path (and so ends in `/`).
+    pub fn is_list(&self) -> bool {
+        self.list
+    }
+
+    /// The path without its trailing `/`, for routing (`sys/policies/acl/` lists `acl`).
+    pub fn trimmed(&self) -> &str {
+        self.path.strip_suffix('/').unwrap_or(&self.path)
+    }
+}
+
+impl std::fmt::Display for LogicalPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.path)
+    }
+}
+
 /// Turns the raw URI path (`/v1/secret/data/app`) into the logical path (`secret/data/app`).
 /// A trailing `/` is kept: it is meaningful for `LIST`.
-pub fn parse_request_path(raw: &str) -> Result<String, PathError> {
+fn parse_request_path(raw: &str) -> Result<String, PathError> {
     let rest = raw.strip_prefix("/v1/").ok_or(PathError::NotApi)?;
     if rest.len() > MAX_PATH_BYTES * 3 {
         return Err(PathError::TooLong);
@@ -76,6 +135,33 @@ pub fn validate_logical_path(path: &str) -> Result<(), PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_paths_end_in_a_slash_and_others_never_do() {
+        let canonical = |raw, list| LogicalPath::from_request(raw, list).unwrap();
+        assert_eq!(
+            canonical("/v1/sys/policy/admin/", false).as_str(),
+            "sys/policy/admin"
+        );
+        assert_eq!(
+            canonical("/v1/sys/policy/admin", false).as_str(),
+            "sys/policy/admin"
+        );
+        assert_eq!(
+            canonical("/v1/secret/metadata/private", true).as_str(),
+            "secret/metadata/private/"
+        );
+        assert_eq!(
+            canonical("/v1/secret/metadata/private/", true).as_str(),
+            "secret/metadata/private/"
+        );
+        assert_eq!(
+            canonical("/v1/secret/metadata/private/", true).trimmed(),
+            "secret/metadata/private"
+        );
+        assert_eq!(canonical("/v1/", false).as_str(), "");
+        assert_eq!(canonical("/v1/", true).as_str(), "");
+    }
 
     #[test]
     fn accepts_ordinary_paths_and_keeps_trailing_slash() {

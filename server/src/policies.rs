@@ -56,6 +56,7 @@ impl PolicyStore {
         if policy::validate_name(name).is_err() {
             return Ok(None);
         }
+        let generation = self.parsed.generation();
         let Some((stored, _)) = store
             .get_json::<StoredPolicy>(&format!("{PREFIX}{name}"))
             .await?
@@ -66,7 +67,8 @@ impl PolicyStore {
             policy::parse(name, &stored.policy)
                 .map_err(|e| Error::Internal(format!("stored policy {name}: {e}")))?,
         );
-        self.parsed.insert(name.to_owned(), parsed.clone());
+        self.parsed
+            .insert_unless_invalidated(generation, name.to_owned(), parsed.clone());
         Ok(Some(parsed))
     }
 
@@ -106,6 +108,8 @@ impl PolicyStore {
         if let Some(acl) = self.acls.get(names) {
             return Ok(acl.clone());
         }
+        // A policy change during this read must not leave the old ACL cached.
+        let generation = self.acls.generation();
         let acl = if names.iter().any(|n| n == "root") {
             Acl::root()
         } else {
@@ -118,7 +122,8 @@ impl PolicyStore {
             Acl::new(&policies)
         };
         let acl = Arc::new(acl);
-        self.acls.insert(names.to_vec(), acl.clone());
+        self.acls
+            .insert_unless_invalidated(generation, names.to_vec(), acl.clone());
         Ok(acl)
     }
 

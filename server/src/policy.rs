@@ -5,6 +5,7 @@
 //! most specific matching pattern decides. `*` is a prefix glob and only allowed as the last
 //! character; `+` matches exactly one path segment.
 
+use crate::path::LogicalPath;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -402,8 +403,13 @@ impl Acl {
             .unwrap_or_default()
     }
 
-    pub fn allows(&self, path: &str, capability: Capability) -> bool {
-        let caps = self.capabilities(path);
+    /// Whether the rule governing a request's path grants `capability` (and does not deny).
+    /// As in Vault, a `LIST` path (`a/b/`) also takes an exact rule on `a/b`.
+    pub fn allows(&self, path: &LogicalPath, capability: Capability) -> bool {
+        let caps = match self.exact.get(path.trimmed()) {
+            Some(caps) if path.is_list() && !self.exact.contains_key(path.as_str()) => *caps,
+            _ => self.capabilities(path.as_str()),
+        };
         !caps.contains(Capability::Deny) && caps.contains(capability)
     }
 
@@ -442,6 +448,11 @@ path "sys/capabilities-self" {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A test path: a list path when it ends in `/`.
+    fn path(raw: &str) -> LogicalPath {
+        LogicalPath::new(raw, raw.ends_with('/')).unwrap()
+    }
     use Capability::*;
 
     fn acl(texts: &[&str]) -> Acl {
@@ -472,11 +483,11 @@ mod tests {
     #[test]
     fn deny_by_default() {
         let acl = acl(&[r#"path "secret/data/a" { capabilities = ["read"] }"#]);
-        assert!(acl.allows("secret/data/a", Read));
-        assert!(!acl.allows("secret/data/a", Update));
-        assert!(!acl.allows("secret/data/b", Read));
-        assert!(!acl.allows("secret/data/a/b", Read));
-        assert!(!Acl::new(&[]).allows("anything", Read));
+        assert!(acl.allows(&path("secret/data/a"), Read));
+        assert!(!acl.allows(&path("secret/data/a"), Update));
+        assert!(!acl.allows(&path("secret/data/b"), Read));
+        assert!(!acl.allows(&path("secret/data/a/b"), Read));
+        assert!(!Acl::new(&[]).allows(&path("anything"), Read));
     }
 
     #[test]
@@ -485,8 +496,8 @@ mod tests {
             r#"path "secret/data/*" { capabilities = ["read", "update"] }"#,
             r#"path "secret/data/*" { capabilities = ["deny"] }"#,
         ]);
-        assert!(!acl.allows("secret/data/x", Read));
-        assert!(!acl.allows("secret/data/x", Update));
+        assert!(!acl.allows(&path("secret/data/x"), Read));
+        assert!(!acl.allows(&path("secret/data/x"), Update));
     }
 
     #[test]
@@ -497,25 +508,25 @@ mod tests {
             r#"path "secret/data/team/*" { capabilities = ["read", "list"] }"#,
             r#"path "secret/data/team/private*" { capabilities = ["deny"] }"#,
         ]);
-        assert!(acl.allows("secret/data/open", Read));
-        assert!(!acl.allows("secret/data/closed", Read));
-        assert!(acl.allows("secret/data/team/x", Read));
-        assert!(!acl.allows("secret/data/team/private-db", Read));
+        assert!(acl.allows(&path("secret/data/open"), Read));
+        assert!(!acl.allows(&path("secret/data/closed"), Read));
+        assert!(acl.allows(&path("secret/data/team/x"), Read));
+        assert!(!acl.allows(&path("secret/data/team/private-db"), Read));
     }
 
     #[test]
     fn glob_is_a_prefix_and_only_allowed_last() {
         let acl = acl(&[r#"path "secret/data/ap*" { capabilities = ["read"] }"#]);
-        assert!(acl.allows("secret/data/app", Read));
-        assert!(acl.allows("secret/data/app/deep/key", Read));
-        assert!(!acl.allows("secret/data/a", Read));
+        assert!(acl.allows(&path("secret/data/app"), Read));
+        assert!(acl.allows(&path("secret/data/app/deep/key"), Read));
+        assert!(!acl.allows(&path("secret/data/a"), Read));
         assert_eq!(
             parse("x", r#"path "secret/*/data" { capabilities = ["read"] }"#),
             Err(PolicyError::MisplacedGlob("secret/*/data".into()))
         );
         let slash = acl_one(r#"path "secret/*" { capabilities = ["read"] }"#);
-        assert!(!slash.allows("secret", Read));
-        assert!(slash.allows("secret/", Read));
+        assert!(!slash.allows(&path("secret"), Read));
+        assert!(slash.allows(&path("secret/"), Read));
     }
 
     fn acl_one(text: &str) -> Acl {
@@ -525,12 +536,12 @@ mod tests {
     #[test]
     fn plus_matches_exactly_one_segment() {
         let acl = acl_one(r#"path "secret/data/+/config" { capabilities = ["read"] }"#);
-        assert!(acl.allows("secret/data/team-a/config", Read));
-        assert!(!acl.allows("secret/data/team-a/sub/config", Read));
-        assert!(!acl.allows("secret/data/config", Read));
+        assert!(acl.allows(&path("secret/data/team-a/config"), Read));
+        assert!(!acl.allows(&path("secret/data/team-a/sub/config"), Read));
+        assert!(!acl.allows(&path("secret/data/config"), Read));
         let with_glob = acl_one(r#"path "secret/+/app/*" { capabilities = ["list"] }"#);
-        assert!(with_glob.allows("secret/metadata/app/x/y", List));
-        assert!(!with_glob.allows("secret/metadata/other/x", List));
+        assert!(with_glob.allows(&path("secret/metadata/app/x/y"), List));
+        assert!(!with_glob.allows(&path("secret/metadata/other/x"), List));
     }
 
     #[test]
@@ -541,16 +552,19 @@ mod tests {
             r#"path "secret/data/app/+" { capabilities = ["update"] }"#,
         ]);
         // All three match; "secret/data/app/+" has the latest first wildcard.
-        assert!(acl.allows("secret/data/app/x", Update));
-        assert!(!acl.allows("secret/data/app/x", Read));
+        assert!(acl.allows(&path("secret/data/app/x"), Update));
+        assert!(!acl.allows(&path("secret/data/app/x"), Read));
         // Only the first two match deeper paths; the second's wildcard comes later.
-        assert!(!acl.allows("secret/data/app/x/y", Read));
+        assert!(!acl.allows(&path("secret/data/app/x/y"), Read));
     }
 
     #[test]
     fn legacy_policy_shorthand_and_errors() {
         let acl = acl_one(r#"path "secret/*" { policy = "write" }"#);
-        assert!(acl.allows("secret/data/a", Create) && acl.allows("secret/data/a", Delete));
+        assert!(
+            acl.allows(&path("secret/data/a"), Create)
+                && acl.allows(&path("secret/data/a"), Delete)
+        );
         assert!(matches!(
             parse("x", r#"path "a" { capabilities = ["fly"] }"#),
             Err(PolicyError::UnknownCapability(..))
@@ -587,16 +601,16 @@ mod tests {
     #[test]
     fn root_acl_allows_everything_but_deny_semantics_do_not_apply() {
         let root = Acl::root();
-        assert!(root.allows("sys/seal", Sudo));
-        assert!(root.allows("secret/data/x", Read));
+        assert!(root.allows(&path("sys/seal"), Sudo));
+        assert!(root.allows(&path("secret/data/x"), Read));
     }
 
     #[test]
     fn default_policy_parses() {
         let policy = parse("default", DEFAULT_POLICY).unwrap();
         let acl = Acl::new(&[Arc::new(policy)]);
-        assert!(acl.allows("auth/token/lookup-self", Read));
-        assert!(!acl.allows("secret/data/x", Read));
+        assert!(acl.allows(&path("auth/token/lookup-self"), Read));
+        assert!(!acl.allows(&path("secret/data/x"), Read));
     }
 
     #[test]
@@ -606,7 +620,7 @@ mod tests {
             .collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let acl = acl(&refs);
-        assert!(acl.allows("secret/data/team42/db", Read));
-        assert!(!acl.allows("secret/data/team100/db", Read));
+        assert!(acl.allows(&path("secret/data/team42/db"), Read));
+        assert!(!acl.allows(&path("secret/data/team100/db"), Read));
     }
 }

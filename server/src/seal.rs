@@ -49,7 +49,8 @@ impl FileSeal {
             return self.load().map(drop);
         }
         let key = Key256::generate();
-        let text = zeroize::Zeroizing::new(format!("{KEY_FILE_PREFIX}{}\n", hex(key.expose())));
+        let text =
+            zeroize::Zeroizing::new(format!("{KEY_FILE_PREFIX}{}\n", hex::encode(key.expose())));
         write_private(&self.key_file, text.as_bytes()).map_err(|e| self.unavailable(e))
     }
 
@@ -61,7 +62,7 @@ impl FileSeal {
             .trim()
             .strip_prefix(KEY_FILE_PREFIX)
             .ok_or_else(|| self.malformed())?;
-        let bytes = zeroize::Zeroizing::new(unhex(encoded).ok_or_else(|| self.malformed())?);
+        let bytes = zeroize::Zeroizing::new(hex::decode(encoded).map_err(|_| self.malformed())?);
         Key256::from_slice(&bytes).ok_or_else(|| self.malformed())
     }
 
@@ -107,20 +108,6 @@ impl Seal for FileSeal {
             reason: "unwrapped root key has the wrong length".into(),
         })
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Writes a file only its owner can read, creating it exclusively.

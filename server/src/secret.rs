@@ -1,11 +1,21 @@
 //! Key material and plaintext wrappers: zeroized on drop, printed as `[REDACTED]`, never `Clone`.
 
 use rand::RngCore;
+use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// A 256-bit symmetric key (root key, keyring term key, HMAC key, seal key).
-#[derive(Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+#[derive(Zeroize, ZeroizeOnDrop)]
 pub struct Key256([u8; 32]);
+
+/// Constant time: comparing keys must not tell how many leading bytes matched.
+impl PartialEq for Key256 {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for Key256 {}
 
 impl Key256 {
     pub const LEN: usize = 32;
@@ -37,9 +47,18 @@ impl std::fmt::Debug for Key256 {
     }
 }
 
-/// Decrypted bytes: a stored secret, a serialised keyring, a token entry.
-#[derive(Zeroize, ZeroizeOnDrop, Default, PartialEq, Eq)]
+/// Decrypted bytes: a stored secret, a serialised keyring, a token entry, a recovery share.
+#[derive(Zeroize, ZeroizeOnDrop, Default)]
 pub struct SecretBytes(Vec<u8>);
+
+/// Constant time for equal lengths (lengths are not secret).
+impl PartialEq for SecretBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for SecretBytes {}
 
 impl SecretBytes {
     pub fn new(bytes: Vec<u8>) -> Self {

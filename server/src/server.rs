@@ -88,7 +88,7 @@ pub async fn prepare_dev(
     let request = InitRequest {
         recovery_shares: 1,
         recovery_threshold: 1,
-        root_token,
+        root_token: root_token.map(crate::secret::SecretString::new),
         mount_secret_kv: true,
     };
     Ok(Some(core.initialize(request).await?))

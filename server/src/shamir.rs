@@ -3,6 +3,8 @@
 use rand::RngCore;
 use zeroize::Zeroizing;
 
+use crate::secret::SecretBytes;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ShamirError {
     #[error("threshold must be between 1 and the number of shares, and shares at most 255")]
@@ -39,7 +41,7 @@ fn gf_inv(a: u8) -> u8 {
 }
 
 /// Each share is `secret.len() + 1` bytes: the y values followed by the x index.
-pub fn split(secret: &[u8], shares: u8, threshold: u8) -> Result<Vec<Vec<u8>>, ShamirError> {
+pub fn split(secret: &[u8], shares: u8, threshold: u8) -> Result<Vec<SecretBytes>, ShamirError> {
     if threshold == 0 || threshold > shares {
         return Err(ShamirError::BadParameters);
     }
@@ -63,10 +65,11 @@ pub fn split(secret: &[u8], shares: u8, threshold: u8) -> Result<Vec<Vec<u8>>, S
     for (index, share) in out.iter_mut().enumerate() {
         share.push(index as u8 + 1);
     }
-    Ok(out)
+    Ok(out.into_iter().map(SecretBytes::new).collect())
 }
 
-pub fn combine(shares: &[Vec<u8>]) -> Result<Zeroizing<Vec<u8>>, ShamirError> {
+pub fn combine(shares: &[SecretBytes]) -> Result<Zeroizing<Vec<u8>>, ShamirError> {
+    let shares: Vec<&[u8]> = shares.iter().map(SecretBytes::expose).collect();
     let first = shares.first().ok_or(ShamirError::BadShares)?;
     let len = first.len();
     if len < 2 || shares.iter().any(|s| s.len() != len) {
@@ -98,16 +101,20 @@ pub fn combine(shares: &[Vec<u8>]) -> Result<Zeroizing<Vec<u8>>, ShamirError> {
 mod tests {
     use super::*;
 
+    fn copy(share: &SecretBytes) -> SecretBytes {
+        SecretBytes::new(share.expose().to_vec())
+    }
+
     #[test]
     fn any_threshold_subset_recombines_and_fewer_do_not() {
         let secret = b"0123456789abcdef0123456789abcdef".to_vec();
         let shares = split(&secret, 5, 3).unwrap();
         assert_eq!(shares.len(), 5);
         for subset in [[0, 1, 2], [4, 2, 0], [1, 3, 4]] {
-            let chosen: Vec<Vec<u8>> = subset.iter().map(|&i| shares[i].clone()).collect();
+            let chosen: Vec<SecretBytes> = subset.iter().map(|&i| copy(&shares[i])).collect();
             assert_eq!(*combine(&chosen).unwrap(), secret);
         }
-        let two: Vec<Vec<u8>> = shares[..2].to_vec();
+        let two: Vec<SecretBytes> = shares[..2].iter().map(copy).collect();
         assert_ne!(*combine(&two).unwrap(), secret);
     }
 
@@ -119,14 +126,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert_eq!(split(b"k", 2, 3), Err(ShamirError::BadParameters));
-        assert_eq!(split(b"k", 2, 0), Err(ShamirError::BadParameters));
+        assert_eq!(split(b"k", 2, 3).err(), Some(ShamirError::BadParameters));
+        assert_eq!(split(b"k", 2, 0).err(), Some(ShamirError::BadParameters));
         let shares = split(b"key", 3, 2).unwrap();
-        let duplicate = vec![shares[0].clone(), shares[0].clone()];
+        let duplicate = vec![copy(&shares[0]), copy(&shares[0])];
         assert_eq!(combine(&duplicate), Err(ShamirError::BadShares));
         assert_eq!(combine(&[]), Err(ShamirError::BadShares));
         assert_eq!(
-            combine(&[vec![1, 2], vec![1, 2, 3]]),
+            combine(&[
+                SecretBytes::new(vec![1, 2]),
+                SecretBytes::new(vec![1, 2, 3])
+            ]),
             Err(ShamirError::BadShares)
         );
     }

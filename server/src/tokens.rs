@@ -14,6 +14,7 @@ use crate::cache::TtlCache;
 use crate::clock::{now_unix, rfc3339_unix};
 use crate::encrypted::{EncryptedStorage, TransactError, Write};
 use crate::error::{Error, Result};
+use crate::retry::{on_conflict, Attempt};
 use crate::secret::{Key256, SecretString};
 use crate::storage::{Precondition, MAX_TRANSACTION_OPS};
 
@@ -42,6 +43,10 @@ pub struct TokenEntry {
     /// The parent's keyed hash.
     pub parent: Option<String>,
     pub path: String,
+    /// Set first when the token is revoked (before its children are listed and it is deleted):
+    /// from then on it authenticates nothing and no child can be created under it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
 }
 
 impl TokenEntry {
@@ -57,7 +62,7 @@ impl TokenEntry {
 }
 
 /// What a caller asks for when a token is created (by `auth/token/create` or a login).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct TokenRequest {
     pub policies: Vec<String>,
     pub meta: BTreeMap<String, String>,
@@ -81,13 +86,22 @@ pub struct Issued {
 pub struct Caller {
     pub hash: String,
     pub entry: TokenEntry,
+    /// The storage version of the entry as read: a child is created only if the parent is
+    /// still at it (not revoked in between).
+    pub version: u64,
 }
 
 pub struct TokenStore {
     key: Key256,
-    /// Entries of unlimited-use tokens, by hash (see `cache` for the staleness bound).
-    entries: TtlCache<String, TokenEntry>,
+    /// Entries of unlimited-use tokens with their versions, by hash (see `cache` for the
+    /// staleness bound).
+    entries: TtlCache<String, (TokenEntry, u64)>,
+    /// Requests spending uses of one limited-use token on this replica queue here, so they do
+    /// not race each other to conflicts; only other replicas race (and retry).
+    use_locks: Vec<tokio::sync::Mutex<()>>,
 }
+
+const USE_LOCK_STRIPES: usize = 64;
 
 fn random_string(bytes: usize) -> String {
     let mut raw = vec![0u8; bytes];
@@ -100,6 +114,9 @@ impl TokenStore {
         TokenStore {
             key,
             entries: TtlCache::default(),
+            use_locks: (0..USE_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -109,7 +126,7 @@ impl TokenStore {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(self.key.expose()).expect("HMAC takes any key length");
         mac.update(token.as_bytes());
-        crate::seal::hex(&mac.finalize().into_bytes())
+        hex::encode(mac.finalize().into_bytes())
     }
 
     /// Builds a new token and the writes that store it. `parent` is `None` for orphans.
@@ -161,6 +178,7 @@ impl TokenStore {
             orphan: parent.is_none(),
             parent: parent.map(|p| p.hash.clone()),
             path: request.path,
+            revoked: false,
         };
         let mut writes = vec![
             Write::put_json(format!("{ID_PREFIX}{hash}"), &entry, Precondition::Absent),
@@ -171,6 +189,12 @@ impl TokenStore {
             ),
         ];
         if let Some(parent) = parent {
+            // Only while the parent is unchanged: a revocation marks it first, so a child is
+            // either created before the mark (and found by the revocation) or not at all.
+            writes.push(Write::Check {
+                path: format!("{ID_PREFIX}{}", parent.hash),
+                precondition: Precondition::Version(parent.version),
+            });
             writes.push(Write::put_json(
                 format!("{PARENT_PREFIX}{}/{hash}", parent.hash),
                 &json!({}),
@@ -187,18 +211,50 @@ impl TokenStore {
         )
     }
 
+    /// Creates a token (a child of `parent`, or an orphan). If the parent changed since it was
+    /// read (a use spent, a renewal), it is read again; if it was revoked, the answer is 403.
     pub async fn create(
         &self,
         store: &EncryptedStorage,
         request: TokenRequest,
         parent: Option<&Caller>,
+        chosen_id: Option<String>,
     ) -> Result<Issued> {
-        let (issued, writes) = self.issue(request, parent, None);
-        store.write(writes).await?;
-        Ok(issued)
+        let parent = std::sync::Mutex::new(parent.cloned());
+        let (parent, request, chosen_id) = (&parent, &request, &chosen_id);
+        on_conflict("the parent token", || async move {
+            let current = parent.lock().expect("parent lock poisoned").clone();
+            let (issued, writes) = self.issue(request.clone(), current.as_ref(), chosen_id.clone());
+            match store.transact(writes).await {
+                Ok(()) => Ok(Attempt::Done(issued)),
+                Err(TransactError::Other(error)) => Err(error),
+                Err(TransactError::Conflict) => {
+                    if store
+                        .get(&format!("{ID_PREFIX}{}", issued.hash))
+                        .await?
+                        .is_some()
+                    {
+                        return Err(Error::bad_request("a token with that id already exists"));
+                    }
+                    if let Some(caller) = current {
+                        let (entry, version) = self
+                            .lookup_hash(store, &caller.hash)
+                            .await?
+                            .ok_or(Error::PermissionDenied)?;
+                        *parent.lock().expect("parent lock poisoned") = Some(Caller {
+                            hash: caller.hash,
+                            entry,
+                            version,
+                        });
+                    }
+                    Ok(Attempt::Conflict)
+                }
+            }
+        })
+        .await
     }
 
-    /// The live entry for a token hash, or `None` when unknown or expired.
+    /// The live entry for a token hash, or `None` when unknown, expired or being revoked.
     pub async fn lookup_hash(
         &self,
         store: &EncryptedStorage,
@@ -206,7 +262,9 @@ impl TokenStore {
     ) -> Result<Option<(TokenEntry, u64)>> {
         let found: Option<(TokenEntry, u64)> =
             store.get_json(&format!("{ID_PREFIX}{hash}")).await?;
-        Ok(found.filter(|(entry, _)| entry.expire_time.is_none_or(|at| at > now_unix())))
+        Ok(found.filter(|(entry, _)| {
+            !entry.revoked && entry.expire_time.is_none_or(|at| at > now_unix())
+        }))
     }
 
     pub async fn lookup_accessor(
@@ -230,7 +288,9 @@ impl TokenStore {
             .map(|(entry, _)| (hash, entry)))
     }
 
-    /// Authenticates a presented token and spends one use of a limited-use token.
+    /// Authenticates a presented token and spends one use of a limited-use token. A use is
+    /// spent by a conditional write on the entry, so an N-use token serves exactly N requests
+    /// however many race for it, on one replica or several.
     pub async fn authenticate(
         &self,
         store: &EncryptedStorage,
@@ -240,61 +300,116 @@ impl TokenStore {
             return Ok(None);
         }
         let hash = self.hash(token);
-        if let Some(entry) = self.entries.get(&hash) {
+        if let Some((entry, version)) = self.entries.get(&hash) {
             if entry.expire_time.is_none_or(|at| at > now_unix()) {
-                return Ok(Some(Caller { hash, entry }));
+                return Ok(Some(Caller {
+                    hash,
+                    entry,
+                    version,
+                }));
             }
         }
-        for _ in 0..10 {
-            let Some((entry, version)) = self.lookup_hash(store, &hash).await? else {
-                return Ok(None);
+        let generation = self.entries.generation();
+        let Some((entry, version)) = self.lookup_hash(store, &hash).await? else {
+            return Ok(None);
+        };
+        if entry.num_uses == 0 {
+            // Limited-use tokens are never cached: every use must be counted in storage.
+            self.entries.insert_unless_invalidated(
+                generation,
+                hash.clone(),
+                (entry.clone(), version),
+            );
+            return Ok(Some(Caller {
+                hash,
+                entry,
+                version,
+            }));
+        }
+        let _queued = self.use_lock(&hash).await;
+        let hash_ref = &hash;
+        let spent = on_conflict("the token's use count", || async move {
+            let hash = hash_ref;
+            let Some((entry, version)) = self.lookup_hash(store, hash).await? else {
+                return Ok(Attempt::Done(None));
             };
-            match entry.num_uses {
-                0 => {
-                    // Limited-use tokens are never cached: every use must be counted in storage.
-                    self.entries.insert(hash.clone(), entry.clone());
-                    return Ok(Some(Caller { hash, entry }));
-                }
-                1 => {
-                    // The last use: the token is gone once this request is through.
-                    self.revoke(store, &hash).await?;
-                    return Ok(Some(Caller { hash, entry }));
-                }
-                uses => {
-                    let mut spent = entry.clone();
-                    spent.num_uses = uses - 1;
-                    let write = Write::put_json(
-                        format!("{ID_PREFIX}{hash}"),
-                        &spent,
-                        Precondition::Version(version),
-                    );
-                    match store.transact(vec![write]).await {
-                        Ok(()) => return Ok(Some(Caller { hash, entry: spent })),
-                        Err(TransactError::Conflict) => continue,
-                        Err(TransactError::Other(error)) => return Err(error),
-                    }
-                }
+            let mut spent = entry;
+            spent.num_uses -= 1;
+            // The last use marks the token revoked in the same conditional write, so no
+            // concurrent request can also take it; the revocation below then cleans up.
+            spent.revoked = spent.num_uses == 0;
+            let write = Write::put_json(
+                format!("{ID_PREFIX}{hash}"),
+                &spent,
+                Precondition::Version(version),
+            );
+            match store.transact(vec![write]).await {
+                Ok(()) => Ok(Attempt::Done(Some((spent, version + 1)))),
+                Err(TransactError::Conflict) => Ok(Attempt::Conflict),
+                Err(TransactError::Other(error)) => Err(error),
             }
+        })
+        .await?;
+        let Some((mut entry, version)) = spent else {
+            return Ok(None);
+        };
+        if entry.revoked {
+            self.revoke(store, &hash).await?;
+            entry.revoked = false; // this request is the last use, and it is served
         }
-        Err(Error::Unavailable(
-            "token use count is contended; try again".into(),
-        ))
+        Ok(Some(Caller {
+            hash,
+            entry,
+            version,
+        }))
     }
 
-    /// Revokes a token and, depth first, every token created under it.
+    async fn use_lock(&self, hash: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let stripe = BuildHasherDefault::<DefaultHasher>::default().hash_one(hash) as usize
+            % USE_LOCK_STRIPES;
+        self.use_locks[stripe].lock().await
+    }
+
+    /// Revokes a token and every token created under it. Each token is first marked revoked
+    /// (a conditional write, so a child creation racing it fails its parent check), then its
+    /// children are listed, then all are deleted, children first: a crash half-way leaves
+    /// marked tokens that authenticate nothing and are still linked to their parents.
     pub async fn revoke(&self, store: &EncryptedStorage, hash: &str) -> Result<()> {
         let mut order = Vec::new();
         let mut pending = vec![hash.to_owned()];
         while let Some(current) = pending.pop() {
+            self.mark_revoked(store, &current).await?;
             for child in store.list(&format!("{PARENT_PREFIX}{current}/")).await? {
                 pending.push(child.trim_end_matches('/').to_owned());
             }
             order.push(current);
         }
-        // Children first: a crash half-way leaves every remaining token still linked to a parent.
         for current in order.into_iter().rev() {
             self.delete_one(store, &current).await?;
         }
+        Ok(())
+    }
+
+    async fn mark_revoked(&self, store: &EncryptedStorage, hash: &str) -> Result<()> {
+        let path = &format!("{ID_PREFIX}{hash}");
+        on_conflict("the token being revoked", || async move {
+            let Some((mut entry, version)) = store.get_json::<TokenEntry>(path).await? else {
+                return Ok(Attempt::Done(()));
+            };
+            if entry.revoked {
+                return Ok(Attempt::Done(()));
+            }
+            entry.revoked = true;
+            let write = Write::put_json(path.as_str(), &entry, Precondition::Version(version));
+            match store.transact(vec![write]).await {
+                Ok(()) => Ok(Attempt::Done(())),
+                Err(TransactError::Conflict) => Ok(Attempt::Conflict),
+                Err(TransactError::Other(error)) => Err(error),
+            }
+        })
+        .await?;
+        self.entries.remove(hash);
         Ok(())
     }
 
@@ -319,7 +434,6 @@ impl TokenStore {
         }
         debug_assert!(writes.len() <= MAX_TRANSACTION_OPS);
         store.write(writes).await?;
-        // After the delete: a lookup racing it can no longer re-cache the entry.
         self.entries.remove(hash);
         Ok(())
     }
@@ -331,12 +445,12 @@ impl TokenStore {
         hash: &str,
         increment: Option<u64>,
     ) -> Result<TokenEntry> {
-        for _ in 0..10 {
+        on_conflict("the token being renewed", || async move {
             let Some((mut entry, version)) = self.lookup_hash(store, hash).await? else {
                 return Err(Error::PermissionDenied);
             };
             let Some(_) = entry.expire_time else {
-                return Ok(entry);
+                return Ok(Attempt::Done(entry));
             };
             if !entry.renewable {
                 return Err(Error::bad_request("lease is not renewable"));
@@ -368,13 +482,13 @@ impl TokenStore {
             match store.transact(vec![write]).await {
                 Ok(()) => {
                     self.entries.remove(hash);
-                    return Ok(entry);
+                    Ok(Attempt::Done(entry))
                 }
-                Err(TransactError::Conflict) => continue,
-                Err(TransactError::Other(error)) => return Err(error),
+                Err(TransactError::Conflict) => Ok(Attempt::Conflict),
+                Err(TransactError::Other(error)) => Err(error),
             }
-        }
-        Err(Error::Unavailable("token is contended; try again".into()))
+        })
+        .await
     }
 }
 

@@ -627,3 +627,146 @@ async fn unknown_paths_and_methods() {
         StatusCode::METHOD_NOT_ALLOWED
     );
 }
+
+/// Issue 11: the ACL check saw the path as sent while handlers trimmed it, so a trailing `/`
+/// escaped a `deny` on the exact path, and a list without the `/` escaped a `deny` on `dir/*`.
+#[tokio::test]
+async fn a_trailing_slash_does_not_escape_the_policy() {
+    let s = TestServer::start().await;
+    s.write_policy("admin", r#"path "*" { capabilities = ["sudo", "read"] }"#)
+        .await;
+    s.write_policy(
+        "policy-editor",
+        r#"
+        path "sys/policy/*" { capabilities = ["create", "update", "read"] }
+        path "sys/policies/acl/*" { capabilities = ["create", "update", "read"] }
+        path "sys/policy/admin" { capabilities = ["deny"] }
+        path "sys/policies/acl/admin" { capabilities = ["deny"] }
+        path "secret/metadata/*" { capabilities = ["list"] }
+        path "secret/metadata/private/*" { capabilities = ["deny"] }
+        "#,
+    )
+    .await;
+    s.put_secret("private/db", ROOT, json!({ "v": 1 })).await;
+    s.put_secret("public/db", ROOT, json!({ "v": 1 })).await;
+    let editor = s.token(&["policy-editor"]).await;
+    let takeover = json!({ "policy": "path \"*\" { capabilities = [\"deny\"] }" });
+    for path in [
+        "/v1/sys/policy/admin",
+        "/v1/sys/policy/admin/",
+        "/v1/sys/policies/acl/admin",
+        "/v1/sys/policies/acl/admin/",
+    ] {
+        let answer = s.post(path, &editor, takeover.clone()).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::FORBIDDEN,
+            "{path}: {:?}",
+            answer.body
+        );
+    }
+    let doubled = s
+        .post("/v1/sys/policy/admin//", &editor, takeover.clone())
+        .await;
+    assert_eq!(
+        doubled.status,
+        StatusCode::BAD_REQUEST,
+        "an empty segment is refused"
+    );
+    let admin = s.get("/v1/sys/policies/acl/admin", ROOT).await;
+    assert!(
+        admin.body["data"]["policy"]
+            .as_str()
+            .unwrap()
+            .contains("sudo"),
+        "the admin policy is unchanged: {:?}",
+        admin.body
+    );
+    // Another policy stays writable, with or without the slash.
+    let other = json!({ "policy": "path \"secret/data/x\" { capabilities = [\"read\"] }" });
+    for path in ["/v1/sys/policy/team", "/v1/sys/policies/acl/team/"] {
+        let answer = s.post(path, &editor, other.clone()).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::NO_CONTENT,
+            "{path}: {:?}",
+            answer.body
+        );
+    }
+
+    for (method, path) in [
+        ("LIST", "/v1/secret/metadata/private"),
+        ("LIST", "/v1/secret/metadata/private/"),
+        ("GET", "/v1/secret/metadata/private?list=true"),
+        ("GET", "/v1/secret/metadata/private/?list=true"),
+    ] {
+        let answer = s.request(method, path, Some(&editor), None).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::FORBIDDEN,
+            "{method} {path}: {:?}",
+            answer.body
+        );
+    }
+    for path in ["/v1/secret/metadata/public", "/v1/secret/metadata/public/"] {
+        let answer = s.request("LIST", path, Some(&editor), None).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "LIST {path}: {:?}",
+            answer.body
+        );
+        assert_eq!(answer.body["data"]["keys"], json!(["db"]));
+    }
+}
+
+/// Issue 11: the last use deleted the token without a precondition, so every concurrent
+/// request that read `num_uses == 1` was served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_n_use_token_serves_exactly_n_concurrent_requests() {
+    let s = std::sync::Arc::new(TestServer::start().await);
+    s.write_policy(
+        "reader",
+        r#"path "secret/data/*" { capabilities = ["read"] }"#,
+    )
+    .await;
+    s.put_secret("app", ROOT, json!({ "v": 1 })).await;
+    for uses in [1u64, 3, 50] {
+        for _round in 0..3 {
+            let created = s
+                .post(
+                    "/v1/auth/token/create",
+                    ROOT,
+                    json!({ "policies": ["reader"], "num_uses": uses }),
+                )
+                .await;
+            let token = created.body["auth"]["client_token"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let tasks: Vec<_> = (0..50)
+                .map(|_| {
+                    let (s, token) = (s.clone(), token.clone());
+                    tokio::spawn(async move { s.get("/v1/secret/data/app", &token).await.status })
+                })
+                .collect();
+            let mut served = 0;
+            for task in tasks {
+                match task.await.unwrap() {
+                    StatusCode::OK => served += 1,
+                    StatusCode::FORBIDDEN => {}
+                    other => panic!("unexpected status {other}"),
+                }
+            }
+            assert_eq!(
+                served, uses,
+                "a {uses}-use token served {served} of 50 requests"
+            );
+            assert_eq!(
+                s.get("/v1/secret/data/app", &token).await.status,
+                StatusCode::FORBIDDEN,
+                "the token is spent"
+            );
+        }
+    }
+}

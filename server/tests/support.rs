@@ -56,7 +56,7 @@ impl TestServer {
             .initialize(InitRequest {
                 recovery_shares: 3,
                 recovery_threshold: 2,
-                root_token: Some(ROOT.into()),
+                root_token: Some(kinko_server::secret::SecretString::new(ROOT.into())),
                 mount_secret_kv: true,
             })
             .await

@@ -24,15 +24,8 @@ impl Body {
             Ok(Value::Object(map)) => Ok(Body(map)),
             Ok(_) => Err(Error::bad_request("request body must be a JSON object")),
             Err(e) => Err(Error::BadRequest(format!(
-                "failed to parse JSON input: {} at line {} column {}",
-                match e.classify() {
-                    serde_json::error::Category::Eof => "unexpected end of input",
-                    serde_json::error::Category::Syntax => "syntax error",
-                    serde_json::error::Category::Data => "invalid data",
-                    serde_json::error::Category::Io => "read error",
-                },
-                e.line(),
-                e.column()
+                "failed to parse JSON input: {}",
+                crate::error::describe_json_error(&e)
             ))),
         }
     }

@@ -24,7 +24,7 @@ pub use body::Body;
 use crate::core::{Core, Unsealed};
 use crate::error::{Error, Result};
 use crate::metrics::METRICS;
-use crate::path::parse_request_path;
+use crate::path::LogicalPath;
 use crate::policy::{Acl, Capability};
 use crate::tokens::Caller;
 
@@ -57,8 +57,8 @@ pub enum Operation {
 pub struct Req {
     pub op: Operation,
     pub method: Method,
-    /// Decoded and validated, without `/v1/`.
-    pub path: String,
+    /// The one canonical path both the policy check and the handler see.
+    pub path: LogicalPath,
     pub query: HashMap<String, String>,
     pub headers: HeaderMap,
     pub body: Body,
@@ -94,7 +94,7 @@ async fn entry(State(app): State<App>, request: Request) -> Response {
     let result = match parse(&app, request).await {
         Ok(req) => route(&app, &req)
             .await
-            .map(|reply| (reply, mount_type(&req.path))),
+            .map(|reply| (reply, mount_type(req.path.as_str()))),
         Err(error) => Err(error),
     };
     respond(result, &request_id)
@@ -114,10 +114,6 @@ fn mount_type(path: &str) -> &'static str {
 
 async fn parse(app: &App, request: Request) -> Result<Req> {
     let (parts, body) = request.into_parts();
-    let path = parse_request_path(parts.uri.path()).map_err(|e| match e {
-        crate::path::PathError::NotApi => Error::NotFound,
-        other => Error::BadRequest(format!("invalid request path: {other}")),
-    })?;
     let query: HashMap<String, String> = parts
         .uri
         .query()
@@ -136,6 +132,12 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
                 .collect()
         })
         .unwrap_or_default();
+    if query.contains_key("token") {
+        // URLs end up in access logs, proxies and browser history.
+        return Err(Error::bad_request(
+            "tokens are not accepted in the URL: send them in the X-Vault-Token header or the body",
+        ));
+    }
     let list_query = query.get("list").is_some_and(|v| v == "true" || v == "1");
     let op = match parts.method.as_str() {
         "GET" | "HEAD" if list_query => Operation::List,
@@ -146,6 +148,13 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
         "PATCH" => Operation::Patch,
         _ => return Err(Error::MethodNotAllowed),
     };
+    let path =
+        LogicalPath::from_request(parts.uri.path(), op == Operation::List).map_err(
+            |e| match e {
+                crate::path::PathError::NotApi => Error::NotFound,
+                other => Error::BadRequest(format!("invalid request path: {other}")),
+            },
+        )?;
     let bytes = axum::body::to_bytes(body, app.max_body_bytes)
         .await
         .map_err(|_| {
@@ -166,7 +175,7 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
 }
 
 async fn route(app: &App, req: &Req) -> Result<Reply> {
-    let path = req.path.as_str();
+    let path = req.path.trimmed();
     if path == "sys" || path.starts_with("sys/") {
         return sys::route(app, req).await;
     }
@@ -332,18 +341,22 @@ pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Respo
                 Error::CasMismatch | Error::CasRequired => {
                     (StatusCode::BAD_REQUEST, vec![error.to_string()])
                 }
+                // The reason may name AWS accounts, roles, tables or hosts: it goes to the log,
+                // and the client gets the request id to find it there.
                 Error::Unavailable(reason) => {
                     tracing::warn!(request_id, %reason, "request failed: dependency unavailable");
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        vec![format!("service unavailable: {reason}")],
+                        vec![format!(
+                            "service unavailable, try again (request id {request_id})"
+                        )],
                     )
                 }
                 Error::Internal(detail) => {
                     tracing::error!(request_id, %detail, "request failed: internal error");
                     (
                         StatusCode::INTERNAL_SERVER_ERROR,
-                        vec!["internal error".into()],
+                        vec![format!("internal error (request id {request_id})")],
                     )
                 }
             };

@@ -12,7 +12,7 @@ use crate::mounts::{normalise_auth_path, normalise_mount_path, Mount};
 use crate::policy::Capability;
 
 pub async fn route(app: &App, req: &Req) -> Result<Reply> {
-    let path = req.path.trim_end_matches('/');
+    let path = req.path.trimmed();
     let rest = path.strip_prefix("sys/").unwrap_or("");
     match (rest, req.op) {
         ("health", Operation::Read) => health(app, req).await,
@@ -184,8 +184,7 @@ async fn init(app: &App, req: &Req) -> Result<Reply> {
     let base64_keys: Vec<String> = hex_keys
         .iter()
         .map(|k| {
-            base64::engine::general_purpose::STANDARD
-                .encode(crate::seal::unhex(k).unwrap_or_default())
+            base64::engine::general_purpose::STANDARD.encode(hex::decode(k).unwrap_or_default())
         })
         .collect();
     Ok(Reply::Raw(
@@ -209,7 +208,7 @@ async fn unseal(app: &App, req: &Req) -> Result<Reply> {
         })?;
         let key = match base64::engine::general_purpose::STANDARD.decode(key) {
             // Accept the base64 form that `sys/init` also returns.
-            Ok(bytes) if bytes.len() == 33 => crate::seal::hex(&bytes),
+            Ok(bytes) if bytes.len() == 33 => hex::encode(&bytes),
             _ => key.to_owned(),
         };
         app.core.submit_recovery_share(&key).await?;

@@ -89,11 +89,9 @@ fn capability_for(req: &Req) -> Capability {
 }
 
 fn token_field(req: &Req) -> Result<String> {
-    let from_query = req.query.get("token").cloned();
     req.body
         .str("token")?
         .map(str::to_owned)
-        .or(from_query)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Error::bad_request("missing required field \"token\""))
 }
@@ -160,14 +158,10 @@ async fn create(u: &Unsealed, req: &Req, orphan_endpoint: bool) -> Result<Reply>
         .into(),
     };
     let parent = (!no_parent && !orphan_endpoint).then_some(&caller);
-    let (issued, writes) = u.tokens.issue(request, parent, chosen_id);
-    match u.store.transact(writes).await {
-        Ok(()) => {}
-        Err(crate::encrypted::TransactError::Conflict) => {
-            return Err(Error::bad_request("a token with that id already exists"))
-        }
-        Err(crate::encrypted::TransactError::Other(error)) => return Err(error),
-    }
+    let issued = u
+        .tokens
+        .create(&u.store, request, parent, chosen_id)
+        .await?;
     let Issued { token, entry, .. } = issued;
     Ok(Reply::Auth(auth_block(token.expose(), &entry)))
 }

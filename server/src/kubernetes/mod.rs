@@ -30,7 +30,7 @@ pub enum Verification {
     Offline,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KubernetesConfig {
     pub kubernetes_host: String,
     pub kubernetes_ca_cert: String,
@@ -42,6 +42,19 @@ pub struct KubernetesConfig {
     pub disable_iss_validation: bool,
     pub disable_local_ca_jwt: bool,
     pub verification: Verification,
+}
+
+/// The reviewer JWT is a credential of the cluster: never printed.
+impl std::fmt::Debug for KubernetesConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesConfig")
+            .field("kubernetes_host", &self.kubernetes_host)
+            .field("token_reviewer_jwt", &"[REDACTED]")
+            .field("pem_keys", &self.pem_keys.len())
+            .field("issuer", &self.issuer)
+            .field("verification", &self.verification)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -404,5 +417,5 @@ pub async fn login(u: &Unsealed, mount: &Mount, role_name: &str, token: &str) ->
         no_default_policy: false,
         path: format!("auth/{}login", mount.path),
     };
-    u.tokens.create(&u.store, request, None).await
+    u.tokens.create(&u.store, request, None, None).await
 }

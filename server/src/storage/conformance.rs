@@ -118,9 +118,103 @@ async fn versions_and_preconditions(s: &dyn Storage, p: &str) {
         .unwrap();
     assert_eq!(
         s.get(&key).await.unwrap().unwrap().version,
-        1,
-        "a re-created key starts over"
+        4,
+        "a re-created key goes on from its last version: versions never repeat"
     );
+    // ABA: a version read before the delete must not match the re-created key.
+    let aba = format!("{p}aba");
+    s.put(&aba, b"1".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    let read = s.get(&aba).await.unwrap().unwrap().version;
+    s.delete(&aba).await.unwrap();
+    s.put(&aba, b"2".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.put(&aba, b"3".to_vec(), Precondition::Version(read))
+            .await,
+        Err(StorageError::Conflict { .. })
+    ));
+    assert_eq!(s.get(&aba).await.unwrap().unwrap().value, b"2".to_vec());
+    assert_eq!(
+        s.list(p)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|k| *k == "gone")
+            .count(),
+        0
+    );
+    let gone = format!("{p}gone");
+    s.put(&gone, b"x".to_vec(), Precondition::None)
+        .await
+        .unwrap();
+    s.delete(&gone).await.unwrap();
+    assert!(
+        !s.list(p).await.unwrap().contains(&"gone".to_owned()),
+        "a deleted key is not listed"
+    );
+    assert_eq!(s.get(&gone).await.unwrap(), None);
+    assert!(matches!(
+        s.put(&gone, b"y".to_vec(), Precondition::Version(1)).await,
+        Err(StorageError::Conflict { .. })
+    ));
+
+    // A check writes nothing and fails the whole transaction when it does not hold.
+    let checked = format!("{p}checked");
+    let other = format!("{p}other");
+    s.put(&checked, b"c".to_vec(), Precondition::Absent)
+        .await
+        .unwrap();
+    let version = s.get(&checked).await.unwrap().unwrap().version;
+    assert!(matches!(
+        s.transact(vec![
+            Op::Check {
+                key: checked.clone(),
+                precondition: Precondition::Version(version + 1),
+            },
+            Op::Put {
+                key: other.clone(),
+                value: b"o".to_vec(),
+                precondition: Precondition::None,
+            },
+        ])
+        .await,
+        Err(StorageError::Conflict { .. })
+    ));
+    assert_eq!(s.get(&other).await.unwrap(), None, "nothing applied");
+    s.transact(vec![
+        Op::Check {
+            key: checked.clone(),
+            precondition: Precondition::Version(version),
+        },
+        Op::Check {
+            key: format!("{p}never"),
+            precondition: Precondition::Absent,
+        },
+        Op::Put {
+            key: other.clone(),
+            value: b"o".to_vec(),
+            precondition: Precondition::None,
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.get(&other).await.unwrap().unwrap().value, b"o".to_vec());
+    assert_eq!(
+        s.get(&checked).await.unwrap().unwrap().version,
+        version,
+        "a check does not bump the version"
+    );
+    assert!(matches!(
+        s.transact(vec![Op::Check {
+            key: checked.clone(),
+            precondition: Precondition::None,
+        }])
+        .await,
+        Err(StorageError::Invalid(_))
+    ));
 }
 
 async fn listing(s: &dyn Storage, p: &str) {

@@ -7,6 +7,9 @@
 //! items (`dir = "/a/"`, `name = "b/"`), written (idempotently) before the first write below
 //! them. Markers are never deleted, because deleting one safely would race a writer adding a
 //! key below it; instead a listing shows a marker only when a key still exists below it.
+//! A delete keeps the item as a tombstone (its `version`, no `value`), so a key written again
+//! goes on from its last version and a version never repeats; reads and listings skip
+//! tombstones.
 //!
 //! Every write is one `TransactWriteItems` with a client request token, so a retry after a
 //! timeout cannot apply a write twice or turn its own success into a conflict. Reads are
@@ -19,7 +22,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, KeySchemaElement, KeyType,
     PutRequest, ScalarAttributeType, TableStatus, TransactWriteItem, Update, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
@@ -95,15 +98,16 @@ fn build_error(error: impl std::fmt::Display) -> StorageError {
     StorageError::Invalid(format!("dynamodb request: {error}"))
 }
 
-/// The condition a precondition becomes, with the names and values it uses.
+/// The condition a precondition becomes. A deleted key is a tombstone: an item that keeps its
+/// `version` but has no `value`, so a re-created key goes on counting (versions never repeat).
 fn condition(
     precondition: Precondition,
 ) -> Option<(&'static str, HashMap<String, AttributeValue>)> {
     match precondition {
         Precondition::None => None,
-        Precondition::Absent => Some(("attribute_not_exists(#version)", HashMap::new())),
+        Precondition::Absent => Some(("attribute_not_exists(#value)", HashMap::new())),
         Precondition::Version(version) => Some((
-            "#version = :expected",
+            "#version = :expected AND attribute_exists(#value)",
             HashMap::from([(
                 ":expected".to_owned(),
                 AttributeValue::N(version.to_string()),
@@ -112,51 +116,53 @@ fn condition(
     }
 }
 
+/// Every expression here names both attributes (DynamoDB refuses unused names).
+fn value_and_version() -> Option<HashMap<String, String>> {
+    names(&[("#value", VALUE), ("#version", VERSION)])
+}
+
 fn transact_item(table: &str, op: &Op) -> Result<TransactWriteItem, StorageError> {
     let (dir, name) = split(op.key());
-    match op {
-        Op::Put {
-            value,
-            precondition,
-            ..
-        } => {
-            // ADD starts a missing version at 0, so a new (or re-created) key gets version 1.
-            let mut values = HashMap::from([
+    let one = || (":one".to_owned(), AttributeValue::N("1".into()));
+    // A put sets the value, a delete removes it; both bump the version (ADD starts a missing
+    // one at 0, so a new key gets version 1).
+    let (expression, mut values) = match op {
+        Op::Put { value, .. } => (
+            "SET #value = :value ADD #version :one",
+            HashMap::from([
                 (":value".to_owned(), AttributeValue::B(value.clone().into())),
-                (":one".to_owned(), AttributeValue::N("1".into())),
-            ]);
-            let mut update = Update::builder()
+                one(),
+            ]),
+        ),
+        Op::Delete { .. } => ("REMOVE #value ADD #version :one", HashMap::from([one()])),
+        Op::Check { precondition, .. } => {
+            let (expression, values) =
+                condition(*precondition).expect("validated: a check has a precondition");
+            let check = ConditionCheck::builder()
                 .table_name(table)
                 .set_key(Some(item_key(dir, name)))
-                .update_expression("SET #value = :value ADD #version :one")
-                .set_expression_attribute_names(names(&[("#value", VALUE), ("#version", VERSION)]));
-            if let Some((expression, extra)) = condition(*precondition) {
-                values.extend(extra);
-                update = update.condition_expression(expression);
-            }
-            let update = update
-                .set_expression_attribute_values(Some(values))
+                .condition_expression(expression)
+                .set_expression_attribute_names(value_and_version())
+                .set_expression_attribute_values((!values.is_empty()).then_some(values))
                 .build()
                 .map_err(build_error)?;
-            Ok(TransactWriteItem::builder().update(update).build())
+            return Ok(TransactWriteItem::builder().condition_check(check).build());
         }
-        Op::Delete { precondition, .. } => {
-            let mut delete = Delete::builder()
-                .table_name(table)
-                .set_key(Some(item_key(dir, name)));
-            if let Some((expression, values)) = condition(*precondition) {
-                delete = delete
-                    .condition_expression(expression)
-                    .set_expression_attribute_names(names(&[("#version", VERSION)]));
-                if !values.is_empty() {
-                    delete = delete.set_expression_attribute_values(Some(values));
-                }
-            }
-            Ok(TransactWriteItem::builder()
-                .delete(delete.build().map_err(build_error)?)
-                .build())
-        }
+    };
+    let mut update = Update::builder()
+        .table_name(table)
+        .set_key(Some(item_key(dir, name)))
+        .update_expression(expression)
+        .set_expression_attribute_names(value_and_version());
+    if let Some((expression, extra)) = condition(op.precondition()) {
+        values.extend(extra);
+        update = update.condition_expression(expression);
     }
+    let update = update
+        .set_expression_attribute_values(Some(values))
+        .build()
+        .map_err(build_error)?;
+    Ok(TransactWriteItem::builder().update(update).build())
 }
 
 fn unavailable(operation: &str, attempts: u32, reason: String) -> StorageError {
@@ -360,7 +366,14 @@ impl DynamoStorage {
                     .consistent_read(true)
                     .key_condition_expression(&condition)
                     .projection_expression("#name")
-                    .set_expression_attribute_names(names(&[("#dir", DIR), ("#name", NAME)]))
+                    // Keys (with a value) and folder markers (no version); not tombstones.
+                    .filter_expression("attribute_exists(#value) OR attribute_not_exists(#version)")
+                    .set_expression_attribute_names(names(&[
+                        ("#dir", DIR),
+                        ("#name", NAME),
+                        ("#value", VALUE),
+                        ("#version", VERSION),
+                    ]))
                     .set_expression_attribute_values(Some(values.clone()))
                     .set_exclusive_start_key(start.clone())
                     .set_limit(self.page_limit)
@@ -441,7 +454,11 @@ impl Storage for DynamoStorage {
         )
         .await
         .map_err(|(e, attempts)| unavailable(GetItem.name(), attempts, describe(&e)))?;
-        output.item().map(entry).transpose()
+        output
+            .item()
+            .filter(|item| item.contains_key(VALUE))
+            .map(entry)
+            .transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {

@@ -16,7 +16,9 @@ pub const MAX_VALUE_BYTES: usize = 380 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub value: Vec<u8>,
-    /// Starts at 1 and grows by one on every put; the handle for conditional writes.
+    /// Starts at 1 and grows by one on every put, and a key deleted and written again goes on
+    /// from where it stopped (the backend keeps a tombstone), so a version never repeats and a
+    /// `Version(n)` read before a delete cannot match the re-created key (no ABA).
     pub version: u64,
 }
 
@@ -40,12 +42,26 @@ pub enum Op {
         key: String,
         precondition: Precondition,
     },
+    /// Writes nothing: the transaction applies only if `key` satisfies `precondition`
+    /// (`Absent` or `Version`), e.g. "the parent token still exists at the version read".
+    Check {
+        key: String,
+        precondition: Precondition,
+    },
 }
 
 impl Op {
     pub fn key(&self) -> &str {
         match self {
-            Op::Put { key, .. } | Op::Delete { key, .. } => key,
+            Op::Put { key, .. } | Op::Delete { key, .. } | Op::Check { key, .. } => key,
+        }
+    }
+
+    pub fn precondition(&self) -> Precondition {
+        match self {
+            Op::Put { precondition, .. }
+            | Op::Delete { precondition, .. }
+            | Op::Check { precondition, .. } => *precondition,
         }
     }
 }
@@ -123,6 +139,18 @@ pub fn validate_transaction(ops: &[Op]) -> Result<(), StorageError> {
         if op.key().is_empty() || op.key().ends_with('/') {
             return Err(StorageError::Invalid(format!(
                 "keys are not empty and do not end with '/' (listings use that for folders): {:?}",
+                op.key()
+            )));
+        }
+        if matches!(
+            op,
+            Op::Check {
+                precondition: Precondition::None,
+                ..
+            }
+        ) {
+            return Err(StorageError::Invalid(format!(
+                "a check of {:?} needs a precondition",
                 op.key()
             )));
         }

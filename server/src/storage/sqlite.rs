@@ -65,6 +65,11 @@ impl SqliteStorage {
                      key TEXT PRIMARY KEY NOT NULL,
                      value BLOB NOT NULL,
                      version INTEGER NOT NULL
+                 ) WITHOUT ROWID;
+                 -- The last version of each deleted key, so a re-created key goes on from it.
+                 CREATE TABLE IF NOT EXISTS tombstones (
+                     key TEXT PRIMARY KEY NOT NULL,
+                     version INTEGER NOT NULL
                  ) WITHOUT ROWID;",
             )
             .map_err(unavailable)?;
@@ -242,10 +247,7 @@ fn apply(connection: &Connection, ops: &[Op]) -> Result<(), StorageError> {
             .prepare_cached("SELECT version FROM items WHERE key = ?1")
             .and_then(|mut s| s.query_row(params![key], |row| row.get(0)).optional())
             .map_err(unavailable)?;
-        let precondition = match op {
-            Op::Put { precondition, .. } | Op::Delete { precondition, .. } => *precondition,
-        };
-        let holds = match precondition {
+        let holds = match op.precondition() {
             Precondition::None => true,
             Precondition::Absent => current.is_none(),
             Precondition::Version(v) => current == Some(v as i64),
@@ -256,16 +258,37 @@ fn apply(connection: &Connection, ops: &[Op]) -> Result<(), StorageError> {
             });
         }
         match op {
-            Op::Put { key, value, .. } => connection
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO items (key, value, version) VALUES (?1, ?2, ?3)",
-                )
-                .and_then(|mut s| s.execute(params![key, value, current.unwrap_or(0) + 1]))
-                .map_err(unavailable)?,
-            Op::Delete { key, .. } => connection
-                .prepare_cached("DELETE FROM items WHERE key = ?1")
-                .and_then(|mut s| s.execute(params![key]))
-                .map_err(unavailable)?,
+            Op::Put { key, value, .. } => {
+                let last = match current {
+                    Some(version) => version,
+                    None => connection
+                        .prepare_cached("DELETE FROM tombstones WHERE key = ?1 RETURNING version")
+                        .and_then(|mut s| s.query_row(params![key], |row| row.get(0)).optional())
+                        .map_err(unavailable)?
+                        .unwrap_or(0),
+                };
+                connection
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO items (key, value, version) VALUES (?1, ?2, ?3)",
+                    )
+                    .and_then(|mut s| s.execute(params![key, value, last + 1]))
+                    .map_err(unavailable)?
+            }
+            Op::Delete { key, .. } => match current {
+                None => 0,
+                Some(version) => connection
+                    .prepare_cached("DELETE FROM items WHERE key = ?1")
+                    .and_then(|mut s| s.execute(params![key]))
+                    .and_then(|_| {
+                        connection
+                            .prepare_cached(
+                                "INSERT OR REPLACE INTO tombstones (key, version) VALUES (?1, ?2)",
+                            )
+                            .and_then(|mut s| s.execute(params![key, version]))
+                    })
+                    .map_err(unavailable)?,
+            },
+            Op::Check { .. } => 0,
         };
     }
     Ok(())

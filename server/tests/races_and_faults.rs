@@ -1,0 +1,189 @@
+//! Races between requests (revocation against child creation) and storage faults at the worst
+//! moment (right after `sys/init` commits), through the router with a real SQLite core.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::StatusCode;
+use kinko_server::core::{Core, InitRequest};
+use kinko_server::seal::FileSeal;
+use kinko_server::storage::sqlite::SqliteStorage;
+use kinko_server::storage::{Entry, Op, Storage, StorageError};
+use serde_json::json;
+use support::{TestServer, ROOT};
+
+/// SQLite that fails every read once `fail_reads` is set (a storage outage right after a write).
+struct FlakyStorage {
+    inner: SqliteStorage,
+    fail_reads: AtomicBool,
+    fail_after_commit: AtomicBool,
+}
+
+#[async_trait]
+impl Storage for FlakyStorage {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(StorageError::Unavailable(
+                "arn:aws:dynamodb:eu-west-1:123456789012:table/secret-table-name is throttled"
+                    .into(),
+            ));
+        }
+        self.inner.get(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.inner.list(prefix).await
+    }
+
+    async fn transact(&self, ops: Vec<Op>) -> Result<(), StorageError> {
+        self.inner.transact(ops).await?;
+        if self.fail_after_commit.load(Ordering::SeqCst) {
+            self.fail_reads.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+fn flaky_core(dir: &std::path::Path) -> (Arc<Core>, Arc<FlakyStorage>) {
+    let storage = Arc::new(FlakyStorage {
+        inner: SqliteStorage::open(&dir.join("kinko.db")).unwrap(),
+        fail_reads: AtomicBool::new(false),
+        fail_after_commit: AtomicBool::new(true),
+    });
+    let seal = FileSeal::new(&dir.join("seal.key"));
+    seal.ensure_key().unwrap();
+    (
+        Core::new(storage.clone(), Arc::new(seal), "test-cluster"),
+        storage,
+    )
+}
+
+/// Issue 11: after the init transaction committed, a failing follow-up read returned an error
+/// and dropped the only copy of the root token and recovery keys; a retry then answered
+/// "already initialized".
+#[tokio::test]
+async fn init_returns_its_secrets_even_when_storage_fails_right_after_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (core, storage) = flaky_core(dir.path());
+    let init = core
+        .initialize(InitRequest {
+            recovery_shares: 3,
+            recovery_threshold: 2,
+            root_token: None,
+            mount_secret_kv: true,
+        })
+        .await
+        .expect("the committed init returns its root token and recovery keys");
+    assert_eq!(init.recovery_keys.len(), 3);
+    storage.fail_after_commit.store(false, Ordering::SeqCst);
+    storage.fail_reads.store(false, Ordering::SeqCst);
+    let router = kinko_server::http::router(core.clone(), 1024 * 1024);
+    let s = TestServer {
+        router,
+        core,
+        dir,
+        recovery_keys: vec![],
+    };
+    let answer = s
+        .get("/v1/auth/token/lookup-self", init.root_token.expose())
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    assert_eq!(
+        s.put_secret("a", init.root_token.expose(), json!({ "v": 1 }))
+            .await
+            .status,
+        StatusCode::OK,
+        "the secret/ mount was installed from what init wrote"
+    );
+}
+
+/// Issue 11: clients were sent `Unavailable` reasons verbatim (AWS messages naming accounts and
+/// tables), and `sys/health` let a caller without a token trigger them.
+#[tokio::test]
+async fn outage_details_go_to_the_log_not_to_the_client() {
+    let s = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (core, storage) = flaky_core(dir.path());
+    storage.fail_reads.store(true, Ordering::SeqCst);
+    let flaky = TestServer {
+        router: kinko_server::http::router(core.clone(), 1024 * 1024),
+        core,
+        dir,
+        recovery_keys: vec![],
+    };
+    drop(s);
+    for path in ["/v1/sys/health", "/v1/sys/seal-status"] {
+        let answer = flaky.request("GET", path, None, None).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        let text = String::from_utf8_lossy(&answer.raw);
+        for leak in ["arn:", "123456789012", "secret-table-name", "throttled"] {
+            assert!(!text.contains(leak), "{path} answered {text}");
+        }
+        let errors = answer.errors();
+        assert!(errors[0].contains("request id"), "{errors:?}");
+    }
+}
+
+/// Issue 11: `revoke` listed the children and then deleted them, and a child's parent link was
+/// written without checking that the parent still existed, so a child created in between
+/// outlived its revoked parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_created_while_its_parent_is_revoked_does_not_survive_it() {
+    let s = Arc::new(TestServer::start().await);
+    s.write_policy(
+        "creator",
+        r#"path "auth/token/create" { capabilities = ["update"] }"#,
+    )
+    .await;
+    for round in 0..5 {
+        let parent = s.token(&["creator"]).await;
+        for _ in 0..10 {
+            let child = s
+                .post("/v1/auth/token/create", &parent, json!({ "ttl": "1h" }))
+                .await;
+            assert_eq!(child.status, StatusCode::OK, "{:?}", child.body);
+        }
+        let creator = {
+            let (s, parent) = (s.clone(), parent.clone());
+            tokio::spawn(async move {
+                let mut created = Vec::new();
+                for _ in 0..40 {
+                    let child = s
+                        .post("/v1/auth/token/create", &parent, json!({ "ttl": "1h" }))
+                        .await;
+                    if child.status != StatusCode::OK {
+                        break;
+                    }
+                    created.push(
+                        child.body["auth"]["client_token"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
+                    );
+                }
+                created
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let revoked = s
+            .post("/v1/auth/token/revoke", ROOT, json!({ "token": parent }))
+            .await;
+        assert_eq!(revoked.status, StatusCode::NO_CONTENT, "{:?}", revoked.body);
+        let created = creator.await.unwrap();
+        for child in &created {
+            assert_eq!(
+                s.get("/v1/auth/token/lookup-self", child).await.status,
+                StatusCode::FORBIDDEN,
+                "round {round}: a child created during the revocation ({} created) survived",
+                created.len()
+            );
+        }
+    }
+}
