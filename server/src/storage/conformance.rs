@@ -116,10 +116,10 @@ async fn versions_and_preconditions(s: &dyn Storage, p: &str) {
     s.put(&key, b"again".to_vec(), Precondition::Absent)
         .await
         .unwrap();
-    assert_eq!(
-        s.get(&key).await.unwrap().unwrap().version,
-        4,
-        "a re-created key goes on from its last version: versions never repeat"
+    let recreated = s.get(&key).await.unwrap().unwrap().version;
+    assert!(
+        recreated > 3,
+        "a re-created key goes on past its last version (3), got {recreated}: versions never repeat"
     );
     // ABA: a version read before the delete must not match the re-created key.
     let aba = format!("{p}aba");

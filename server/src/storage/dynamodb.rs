@@ -116,9 +116,13 @@ fn condition(
     }
 }
 
-/// Every expression here names both attributes (DynamoDB refuses unused names).
-fn value_and_version() -> Option<HashMap<String, String>> {
-    names(&[("#value", VALUE), ("#version", VERSION)])
+/// The attribute names `expressions` use: DynamoDB refuses unused ones.
+fn names_used_in(expressions: &[&str]) -> Option<HashMap<String, String>> {
+    let used: Vec<(&str, &str)> = [("#value", VALUE), ("#version", VERSION)]
+        .into_iter()
+        .filter(|(placeholder, _)| expressions.iter().any(|e| e.contains(placeholder)))
+        .collect();
+    names(&used)
 }
 
 fn transact_item(table: &str, op: &Op) -> Result<TransactWriteItem, StorageError> {
@@ -142,7 +146,7 @@ fn transact_item(table: &str, op: &Op) -> Result<TransactWriteItem, StorageError
                 .table_name(table)
                 .set_key(Some(item_key(dir, name)))
                 .condition_expression(expression)
-                .set_expression_attribute_names(value_and_version())
+                .set_expression_attribute_names(names_used_in(&[expression]))
                 .set_expression_attribute_values((!values.is_empty()).then_some(values))
                 .build()
                 .map_err(build_error)?;
@@ -153,7 +157,7 @@ fn transact_item(table: &str, op: &Op) -> Result<TransactWriteItem, StorageError
         .table_name(table)
         .set_key(Some(item_key(dir, name)))
         .update_expression(expression)
-        .set_expression_attribute_names(value_and_version());
+        .set_expression_attribute_names(names_used_in(&[expression]));
     if let Some((expression, extra)) = condition(op.precondition()) {
         values.extend(extra);
         update = update.condition_expression(expression);
