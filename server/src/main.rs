@@ -60,17 +60,24 @@ enum OperatorCommand {
     },
 }
 
-fn harden_process() {
+/// Keeps keys out of core dumps and away from other users' ptrace. Refuses to start when that
+/// cannot be had (the calls only lower this process's own limits, so they fail only in a
+/// broken environment); memory locking is best effort.
+fn harden_process() -> Result<(), String> {
     #[cfg(target_os = "linux")]
     // SAFETY: plain syscalls on this process with constant arguments.
     unsafe {
-        // No core dumps and no ptrace by other users: memory holds keys.
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        let failed = |what: &str| format!("{what} failed: {}", std::io::Error::last_os_error());
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            return Err(failed("prctl(PR_SET_DUMPABLE, 0)"));
+        }
         let no_core = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        if libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0 {
+            return Err(failed("setrlimit(RLIMIT_CORE, 0)"));
+        }
         // Lock memory only where the limit allows all of it; a partial limit would make
         // later allocations fail.
         let mut limit = libc::rlimit {
@@ -81,9 +88,10 @@ fn harden_process() {
             && limit.rlim_cur == libc::RLIM_INFINITY
             && libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) != 0
         {
-            tracing::debug!("mlockall failed; memory may be swapped");
+            tracing::warn!(error = %std::io::Error::last_os_error(), "mlockall failed; memory may be swapped");
         }
     }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -107,7 +115,10 @@ fn main() -> std::process::ExitCode {
         // Colour codes only for a person at a terminal, not in collected Pod logs.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    harden_process();
+    if let Err(error) = harden_process() {
+        eprintln!("kinko: cannot protect key material in memory: {error}");
+        return std::process::ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

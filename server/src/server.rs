@@ -66,14 +66,23 @@ pub async fn assemble(config: &Config) -> anyhow::Result<Parts> {
     })
 }
 
+/// Creates `dir` (and missing parents) with mode 0700. An existing directory is left as it
+/// is: it may be shared (`/var/lib`, a mounted volume), and the files kinko puts in it are
+/// 0600 themselves.
 fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    if dir.is_dir() {
+        return Ok(());
+    }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
     }
-    Ok(())
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
 }
 
 /// Dev mode: initialise on first start (returning the secrets to print once), unseal after.

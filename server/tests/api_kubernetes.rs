@@ -347,7 +347,10 @@ async fn offline_verification_with_pem_keys_rs256_and_es256() {
 async fn offline_verification_with_a_jwks_document() {
     let c = cluster().await;
     let ec = k8s::ec_key();
-    let jwks = json!({ "keys": [k8s::rsa_key().jwk, ec.jwk] }).to_string();
+    // Issue 11: a key that cannot verify the token (here an Ed25519 key, RFC 8037's example)
+    // used to end the search, hiding the matching key after it.
+    let ed25519 = json!({ "kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" });
+    let jwks = json!({ "keys": [ed25519, k8s::rsa_key().jwk, ec.jwk] }).to_string();
     let config = json!({ "verification": "offline", "jwks": jwks, "issuer": ISSUER });
     assert_eq!(
         c.server

@@ -205,8 +205,11 @@ async fn replica_of(s: &TestServer) -> TestServer {
 async fn an_n_use_token_serves_exactly_n_requests_across_two_replicas() {
     let a = Arc::new(TestServer::start().await);
     let b = Arc::new(replica_of(&a).await);
-    a.write_policy("reader", r#"path "secret/data/*" { capabilities = ["read"] }"#)
-        .await;
+    a.write_policy(
+        "reader",
+        r#"path "secret/data/*" { capabilities = ["read"] }"#,
+    )
+    .await;
     a.put_secret("app", ROOT, json!({ "v": 1 })).await;
     for uses in [1u64, 7, 50] {
         let created = a
@@ -224,9 +227,7 @@ async fn an_n_use_token_serves_exactly_n_requests_across_two_replicas() {
             .map(|i| {
                 let replica = if i % 2 == 0 { a.clone() } else { b.clone() };
                 let token = token.clone();
-                tokio::spawn(async move {
-                    replica.get("/v1/secret/data/app", &token).await.status
-                })
+                tokio::spawn(async move { replica.get("/v1/secret/data/app", &token).await.status })
             })
             .collect();
         let mut served = 0;
@@ -237,7 +238,10 @@ async fn an_n_use_token_serves_exactly_n_requests_across_two_replicas() {
                 other => panic!("unexpected status {other}"),
             }
         }
-        assert_eq!(served, uses, "a {uses}-use token served {served} of 50 on two replicas");
+        assert_eq!(
+            served, uses,
+            "a {uses}-use token served {served} of 50 on two replicas"
+        );
     }
 }
 
@@ -270,8 +274,11 @@ async fn replicas_reserving_nonce_blocks_at_once_each_get_their_own() {
         assert_eq!(task.await.unwrap(), StatusCode::OK);
     }
     // A fresh replica reads the keyring as stored.
-    let after = replica_of(&first).await.get("/v1/sys/key-status", ROOT).await.body["data"]
-        ["encryptions"]
+    let after = replica_of(&first)
+        .await
+        .get("/v1/sys/key-status", ROOT)
+        .await
+        .body["data"]["encryptions"]
         .as_u64()
         .unwrap();
     assert_eq!(

@@ -95,10 +95,9 @@ fn decode_part(part: &str) -> Result<Value, JwtError> {
 pub fn algorithm(jwt: &str) -> Result<Algorithm, JwtError> {
     let header = decode_part(jwt.split('.').next().unwrap_or_default())?;
     let name = header["alg"].as_str().ok_or(JwtError::Malformed)?;
-    ACCEPTED
-        .iter()
-        .copied()
-        .find(|a| format!("{a:?}") == name)
+    name.parse::<Algorithm>()
+        .ok()
+        .filter(|a| ACCEPTED.contains(a))
         .ok_or_else(|| JwtError::Algorithm(name.chars().take(16).collect()))
 }
 
@@ -167,23 +166,14 @@ pub fn verify(
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    let mut result = Err(JwtError::Signature);
-    for key in keys.iter().filter(|k| k.rsa == is_rsa(algorithm)) {
-        match jsonwebtoken::decode::<Value>(jwt, &key.key, &validation) {
-            Ok(data) => {
-                result = Ok(data.claims);
-                break;
-            }
-            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => {
-                continue
-            }
-            Err(_) => {
-                result = Err(JwtError::Malformed);
-                break;
-            }
-        }
-    }
-    let claims = result?;
+    // Every key is tried: one that cannot verify this token (another curve, an Ed25519 or
+    // HMAC key in the set) must not hide a later key that can.
+    let claims = keys
+        .iter()
+        .filter(|k| k.rsa == is_rsa(algorithm))
+        .find_map(|key| jsonwebtoken::decode::<Value>(jwt, &key.key, &validation).ok())
+        .map(|data| data.claims)
+        .ok_or(JwtError::Signature)?;
     if claims.get("exp").is_none() {
         return Err(JwtError::Expired);
     }

@@ -50,11 +50,13 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StorageError> {
 impl SqliteStorage {
     /// Opens (creating if needed, mode 0600) the database file.
     pub fn open(path: &Path) -> Result<SqliteStorage, StorageError> {
+        // Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the
+        // database file's mode, so they are private from their first byte too.
+        create_private_file(path)?;
         let writer = open(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )?;
-        restrict_permissions(path);
         // FULL keeps every acknowledged write through power loss; secrets are worth the fsync.
         writer
             .execute_batch(
@@ -116,14 +118,33 @@ impl SqliteStorage {
     }
 }
 
+/// Creates the database file with mode 0600, or narrows an existing one (and the `-wal` and
+/// `-shm` files an older version left with the umask's mode) to 0600.
 #[cfg(unix)]
-fn restrict_permissions(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+fn create_private_file(path: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| unavailable(format!("cannot create {}: {e}", path.display())))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(unavailable(format!("cannot chmod {}: {e}", file.display())))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(not(unix))]
-fn restrict_permissions(_: &Path) {}
+fn create_private_file(_: &Path) -> Result<(), StorageError> {
+    Ok(())
+}
 
 /// The smallest string greater than every key that starts with `prefix`.
 fn prefix_end(prefix: &str) -> String {
@@ -371,10 +392,14 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            for suffix in ["", "-wal", "-shm"] {
+                let file = format!("{}{suffix}", path.display());
+                assert_eq!(
+                    std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+                    0o600,
+                    "{file}"
+                );
+            }
         }
     }
 }
