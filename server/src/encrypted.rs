@@ -12,7 +12,7 @@ use crate::clock::now_unix;
 use crate::error::{Error, Result};
 use crate::metrics::METRICS;
 use crate::secret::{Key256, SecretBytes};
-use crate::storage::{Op, Precondition, Storage, StorageError};
+use crate::storage::{Op, Precondition, Storage, StorageError, MAX_TRANSACTION_OPS};
 
 /// Where the keyring lives, encrypted by the root key rather than by itself.
 pub const KEYRING_PATH: &str = "core/keyring";
@@ -288,6 +288,31 @@ impl EncryptedStorage {
             });
         }
         Ok(ops)
+    }
+
+    /// Deletes every item below `prefix` (an unmounted engine's data), in transactions of at
+    /// most [`MAX_TRANSACTION_OPS`] deletes.
+    pub async fn delete_below(&self, prefix: &str) -> Result<()> {
+        let mut pending = vec![prefix.to_owned()];
+        let mut leaves = Vec::new();
+        while let Some(current) = pending.pop() {
+            for child in self.list(&current).await? {
+                let full = format!("{current}{child}");
+                if child.ends_with('/') {
+                    pending.push(full);
+                } else {
+                    leaves.push(full);
+                }
+            }
+        }
+        for chunk in leaves.chunks(MAX_TRANSACTION_OPS) {
+            let writes = chunk
+                .iter()
+                .map(|key| Write::delete(key.clone(), Precondition::None))
+                .collect();
+            self.write(writes).await?;
+        }
+        Ok(())
     }
 
     /// Writes that must not race: a conflict is an internal error here.

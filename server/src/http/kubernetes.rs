@@ -2,10 +2,10 @@
 
 use serde_json::json;
 
-use super::{authorize, Operation, Reply, Req};
+use super::{authorize, Body, Operation, Reply, Req};
 use crate::core::Unsealed;
 use crate::error::{Error, Result};
-use crate::kubernetes::{self, KubernetesConfig, Role};
+use crate::kubernetes::{self, KubernetesConfig, Role, Verification};
 use crate::mounts::Mount;
 use crate::policy::Capability;
 use crate::tokens::auth_block;
@@ -40,7 +40,7 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
         }
         ("config", Operation::Write) => {
             authorize(u, req, Capability::Update).await?;
-            kubernetes::write_config(u, mount, &KubernetesConfig::from_body(&req.body)?).await?;
+            kubernetes::write_config(u, mount, &config_from_body(&req.body)?).await?;
             Ok(Reply::NoContent)
         }
         ("role", Operation::List) => {
@@ -65,7 +65,7 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
                 }
                 Operation::Write => {
                     authorize(u, req, Capability::Update).await?;
-                    kubernetes::write_role(u, mount, name, &Role::from_body(&req.body)?).await?;
+                    kubernetes::write_role(u, mount, name, &role_from_body(&req.body)?).await?;
                     Ok(Reply::NoContent)
                 }
                 Operation::Delete => {
@@ -77,4 +77,63 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
             }
         }
     }
+}
+
+/// The body of `POST config`, field by field (Vault's names).
+fn config_from_body(body: &Body) -> Result<KubernetesConfig> {
+    let verification = match body.str("verification")?.unwrap_or("token_review") {
+        "token_review" => Verification::TokenReview,
+        "offline" => Verification::Offline,
+        _ => {
+            return Err(Error::bad_request(
+                "field \"verification\" must be \"token_review\" or \"offline\"",
+            ))
+        }
+    };
+    let config = KubernetesConfig {
+        kubernetes_host: body.str("kubernetes_host")?.unwrap_or_default().to_owned(),
+        kubernetes_ca_cert: body
+            .str("kubernetes_ca_cert")?
+            .unwrap_or_default()
+            .to_owned(),
+        token_reviewer_jwt: body
+            .str("token_reviewer_jwt")?
+            .unwrap_or_default()
+            .to_owned(),
+        pem_keys: body.string_list("pem_keys")?.unwrap_or_default(),
+        jwks: body.str("jwks")?.unwrap_or_default().to_owned(),
+        issuer: body.str("issuer")?.unwrap_or_default().to_owned(),
+        disable_iss_validation: body.bool("disable_iss_validation")?.unwrap_or(false),
+        disable_local_ca_jwt: body.bool("disable_local_ca_jwt")?.unwrap_or(false),
+        verification,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// The body of `POST role/:name` (Vault's names and their aliases).
+fn role_from_body(body: &Body) -> Result<Role> {
+    let role = Role {
+        bound_service_account_names: body
+            .string_list("bound_service_account_names")?
+            .unwrap_or_default(),
+        bound_service_account_namespaces: body
+            .string_list("bound_service_account_namespaces")?
+            .unwrap_or_default(),
+        audience: body.str("audience")?.unwrap_or_default().to_owned(),
+        token_policies: match body.string_list("token_policies")? {
+            Some(p) => p,
+            None => body.string_list("policies")?.unwrap_or_default(),
+        },
+        token_ttl: body
+            .duration("token_ttl")?
+            .or(body.duration("ttl")?)
+            .unwrap_or(0),
+        token_max_ttl: body
+            .duration("token_max_ttl")?
+            .or(body.duration("max_ttl")?)
+            .unwrap_or(0),
+    };
+    role.validate()?;
+    Ok(role)
 }

@@ -28,8 +28,7 @@ use crate::path::LogicalPath;
 use crate::policy::{Acl, Capability};
 use crate::tokens::Caller;
 
-/// 1 MiB, as the security checklist asks; Vault's default is 32 MiB.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub use crate::config::DEFAULT_MAX_BODY_BYTES;
 
 #[derive(Clone)]
 pub struct App {

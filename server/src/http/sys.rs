@@ -339,36 +339,12 @@ async fn mounts(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
             authorize(u, req, Capability::Delete).await?;
             let path = normalise_mount_path(name)?;
             if let Some(mount) = u.mounts.remove(&u.store, &path).await? {
-                purge_prefix(u, &mount.storage_prefix()).await?;
+                u.store.delete_below(&mount.storage_prefix()).await?;
             }
             Ok(Reply::NoContent)
         }
         _ => Err(Error::MethodNotAllowed),
     }
-}
-
-/// Deletes every item below a prefix (an unmounted engine's data), depth first.
-async fn purge_prefix(u: &Unsealed, prefix: &str) -> Result<()> {
-    let mut pending = vec![prefix.to_owned()];
-    let mut leaves = Vec::new();
-    while let Some(current) = pending.pop() {
-        for child in u.store.list(&current).await? {
-            let full = format!("{current}{child}");
-            if child.ends_with('/') {
-                pending.push(full);
-            } else {
-                leaves.push(full);
-            }
-        }
-    }
-    for chunk in leaves.chunks(crate::storage::MAX_TRANSACTION_OPS) {
-        let writes = chunk
-            .iter()
-            .map(|k| crate::encrypted::Write::delete(k.clone(), crate::storage::Precondition::None))
-            .collect();
-        u.store.write(writes).await?;
-    }
-    Ok(())
 }
 
 /// What the vault/bao CLI asks before every `kv` command: which mount, which KV version.
@@ -445,7 +421,7 @@ async fn auth_methods(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
             authorize(u, req, Capability::Sudo).await?;
             let path = normalise_auth_path(name)?;
             if let Some(mount) = u.auth.remove(&u.store, &path).await? {
-                purge_prefix(u, &mount.storage_prefix()).await?;
+                u.store.delete_below(&mount.storage_prefix()).await?;
             }
             Ok(Reply::NoContent)
         }

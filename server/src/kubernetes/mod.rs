@@ -14,7 +14,6 @@ use crate::clock::now_unix;
 use crate::core::Unsealed;
 use crate::encrypted::Write;
 use crate::error::{Error, Result};
-use crate::http::Body;
 use crate::mounts::Mount;
 use crate::policy::validate_name;
 use crate::storage::Precondition;
@@ -81,38 +80,8 @@ fn role_prefix(mount: &Mount) -> String {
 }
 
 impl KubernetesConfig {
-    pub fn from_body(body: &Body) -> Result<KubernetesConfig> {
-        let verification = match body.str("verification")?.unwrap_or("token_review") {
-            "token_review" => Verification::TokenReview,
-            "offline" => Verification::Offline,
-            _ => {
-                return Err(Error::bad_request(
-                    "field \"verification\" must be \"token_review\" or \"offline\"",
-                ))
-            }
-        };
-        let config = KubernetesConfig {
-            kubernetes_host: body.str("kubernetes_host")?.unwrap_or_default().to_owned(),
-            kubernetes_ca_cert: body
-                .str("kubernetes_ca_cert")?
-                .unwrap_or_default()
-                .to_owned(),
-            token_reviewer_jwt: body
-                .str("token_reviewer_jwt")?
-                .unwrap_or_default()
-                .to_owned(),
-            pem_keys: body.string_list("pem_keys")?.unwrap_or_default(),
-            jwks: body.str("jwks")?.unwrap_or_default().to_owned(),
-            issuer: body.str("issuer")?.unwrap_or_default().to_owned(),
-            disable_iss_validation: body.bool("disable_iss_validation")?.unwrap_or(false),
-            disable_local_ca_jwt: body.bool("disable_local_ca_jwt")?.unwrap_or(false),
-            verification,
-        };
-        config.validate()?;
-        Ok(config)
-    }
-
-    fn validate(&self) -> Result<()> {
+    /// Refuses a configuration that could not verify tokens safely.
+    pub fn validate(&self) -> Result<()> {
         if !self.kubernetes_host.is_empty() && !self.kubernetes_host.starts_with("https://") {
             return Err(Error::bad_request(
                 "kubernetes_host must be an https:// URL",
@@ -171,19 +140,18 @@ impl KubernetesConfig {
 }
 
 impl Role {
-    pub fn from_body(body: &Body) -> Result<Role> {
-        let names = body
-            .string_list("bound_service_account_names")?
-            .unwrap_or_default();
-        let namespaces = body
-            .string_list("bound_service_account_namespaces")?
-            .unwrap_or_default();
+    /// Refuses bindings that would match more than the operator meant.
+    pub fn validate(&self) -> Result<()> {
+        let (names, namespaces) = (
+            &self.bound_service_account_names,
+            &self.bound_service_account_namespaces,
+        );
         if names.is_empty() || namespaces.is_empty() {
             return Err(Error::bad_request(
                 "bound_service_account_names and bound_service_account_namespaces must each name at least one entry (\"*\" allows any, explicitly)",
             ));
         }
-        for entry in names.iter().chain(&namespaces) {
+        for entry in names.iter().chain(namespaces) {
             if entry != "*"
                 && (entry.is_empty()
                     || entry.len() > 253
@@ -195,45 +163,25 @@ impl Role {
                 )));
             }
         }
-        let audience = body.str("audience")?.unwrap_or_default().to_owned();
-        if audience.is_empty() {
+        if self.audience.is_empty() {
             // Stricter than Vault: a role without an audience would accept tokens minted for
             // any other service (CVE-2024-5798 class).
             return Err(Error::bad_request(
                 "audience is required: the audience kinko tokens are projected with",
             ));
         }
-        let policies = match body.string_list("token_policies")? {
-            Some(p) => p,
-            None => body.string_list("policies")?.unwrap_or_default(),
-        };
-        for policy in &policies {
+        for policy in &self.token_policies {
             validate_name(policy).map_err(|e| Error::BadRequest(e.to_string()))?;
         }
-        let token_ttl = body
-            .duration("token_ttl")?
-            .or(body.duration("ttl")?)
-            .unwrap_or(0);
-        let token_max_ttl = body
-            .duration("token_max_ttl")?
-            .or(body.duration("max_ttl")?)
-            .unwrap_or(0);
-        if token_ttl > MAX_TTL || token_max_ttl > MAX_TTL {
+        if self.token_ttl > MAX_TTL || self.token_max_ttl > MAX_TTL {
             return Err(Error::BadRequest(format!(
                 "token_ttl and token_max_ttl are at most {MAX_TTL} seconds"
             )));
         }
-        if token_max_ttl > 0 && token_ttl > token_max_ttl {
+        if self.token_max_ttl > 0 && self.token_ttl > self.token_max_ttl {
             return Err(Error::bad_request("token_ttl cannot exceed token_max_ttl"));
         }
-        Ok(Role {
-            bound_service_account_names: names,
-            bound_service_account_namespaces: namespaces,
-            audience,
-            token_policies: policies,
-            token_ttl,
-            token_max_ttl,
-        })
+        Ok(())
     }
 
     pub fn to_json(&self) -> Value {
