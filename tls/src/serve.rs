@@ -280,7 +280,10 @@ async fn drive<C: GracefulConnection>(
         tokio::select! {
             biased;
             _ = connection.as_mut() => return,
-            _ = stopping.changed() => {}
+            // An error means `serve` itself is gone: stop as for a shutdown, never spin.
+            stopped = stopping.changed() => if stopped.is_err() {
+                break limits.shutdown_grace;
+            },
             // The sender lives as long as the connection's service, which outlives this loop.
             Ok(()) = in_flight.changed() => {
                 if *in_flight.borrow() == 0 {

@@ -552,3 +552,61 @@ async fn a_renewed_certificate_whose_key_does_not_match_is_refused_and_the_old_o
     assert_eq!(served_leaf(&server).await, second);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_lets_requests_in_flight_finish_and_does_not_wait_for_idle_connections() {
+    let entered = Arc::new(Notify::new());
+    let router = hello().route(
+        "/slow",
+        get({
+            let entered = entered.clone();
+            move || async move {
+                entered.notify_one();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                "done"
+            }
+        }),
+    );
+    let mut server = Server::start(router, ServeLimits::default()).await;
+    let (_quiet_h2, h2_ended) = h2_client(&server).await;
+    let _quiet_tls = server.tls(b"http/1.1").await.unwrap();
+    let addr = server.addr;
+    let slow = {
+        let tls = server.tls(b"http/1.1").await.unwrap();
+        tokio::spawn(async move {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            let request = Request::get("/slow")
+                .header("host", addr.to_string())
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        })
+    };
+    tokio::time::timeout(BOUND, entered.notified())
+        .await
+        .expect("the slow request started");
+    let stopping = Instant::now();
+    let _ = server.stop.take().unwrap().send(());
+    let (status, body) = tokio::time::timeout(BOUND, slow).await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"done", "the request in flight finished");
+    tokio::time::timeout(BOUND, &mut server.done)
+        .await
+        .expect("serve returns")
+        .unwrap()
+        .unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "idle connections do not hold the shutdown for its 30 s grace"
+    );
+    tokio::time::timeout(BOUND, h2_ended)
+        .await
+        .expect("the HTTP/2 connection was closed")
+        .unwrap();
+}
