@@ -1,5 +1,5 @@
 //! The `kinko` binary as a process: dev mode, restarts, the production form configured by
-//! `KINKO_*`, TLS only, certificate reload, graceful shutdown.
+//! `KINKO_*`, TLS only, certificate reload, the connection cap, graceful shutdown.
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -114,17 +114,99 @@ async fn plain_http_gets_no_answer() {
     );
 }
 
+/// A TLS client that completes the handshake with the server on `port` and then says nothing.
+fn quiet_tls_client(
+    port: &str,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    let mut tcp = std::net::TcpStream::connect(format!("127.0.0.1:{port}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls =
+        rustls::ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp)?;
+    }
+    Ok(rustls::StreamOwned::new(tls, tcp))
+}
+
+/// Whether the server closes `stream` before `deadline`.
+fn closed_by(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    deadline: std::time::Instant,
+) -> bool {
+    let mut buf = [0u8; 512];
+    while std::time::Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
 #[tokio::test]
-async fn idle_connections_do_not_starve_clients() {
+async fn quiet_tls_clients_beyond_the_connection_cap_are_refused_then_timed_out() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let server = Kinko::dev(dir.path(), Some("root-t"));
-    let port = server.addr.rsplit(':').next().unwrap();
-    let idle: Vec<std::net::TcpStream> = (0..200)
-        .map(|_| std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap())
+    let (ca, cert, key) = write_certificate(dir.path(), "server");
+    let cap = 8;
+    let vars = vec![
+        ("KINKO_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("KINKO_TLS_CERT_FILE", cert.display().to_string()),
+        ("KINKO_TLS_KEY_FILE", key.display().to_string()),
+        (
+            "KINKO_SQLITE_PATH",
+            dir.path().join("kinko.db").display().to_string(),
+        ),
+        (
+            "KINKO_SEAL_KEY_FILE",
+            dir.path().join("seal.key").display().to_string(),
+        ),
+        ("KINKO_MAX_CONNECTIONS", cap.to_string()),
+    ];
+    let server = Kinko::production(&vars, &ca, dir.path());
+    let port = server.addr.rsplit(':').next().unwrap().to_owned();
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_pem = std::fs::read(&ca).unwrap();
+    for der in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca_pem) {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    // Quiet clients that completed TLS hold every connection slot...
+    let opened = std::time::Instant::now();
+    let mut quiet: Vec<_> = (0..cap)
+        .map(|_| quiet_tls_client(&port, &config).unwrap())
         .collect();
-    let client = server.client(Some("root-t"));
-    assert_eq!(client.health().await.unwrap(), 200);
-    drop(idle);
+    // ...so one more is closed at once, not queued.
+    let refused = std::time::Instant::now();
+    assert!(quiet_tls_client(&port, &config).is_err(), "over the cap");
+    assert!(
+        refused.elapsed() < Duration::from_secs(3),
+        "refused at once"
+    );
+    // The first-request timer (10 s from accept) closes them, and clients are served again.
+    let deadline = opened + kinko_tls::serve::FIRST_REQUEST_TIMEOUT + Duration::from_secs(10);
+    for stream in &mut quiet {
+        assert!(
+            closed_by(stream, deadline),
+            "a quiet TLS connection is closed"
+        );
+    }
+    assert_eq!(server.client(None).health().await.unwrap(), 501);
 }
 
 #[test]

@@ -6,8 +6,13 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use kinko_tls::serve::MAX_CONNECTIONS;
+
 /// Request bodies up to 1 MiB, as the security checklist asks; Vault's default is 32 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The largest `KINKO_MAX_CONNECTIONS` accepted (each connection is a file descriptor).
+const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSource {
@@ -46,6 +51,8 @@ pub struct Config {
     pub seal: SealConfig,
     pub cluster_name: String,
     pub max_request_bytes: usize,
+    /// Open connections the HTTPS listener holds at once; more are closed on accept.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -76,9 +83,10 @@ struct Raw {
     kms_key_id: Option<String>,
     cluster_name: Option<String>,
     max_request_bytes: Option<String>,
+    max_connections: Option<String>,
 }
 
-const KNOWN: [&str; 11] = [
+const KNOWN: [&str; 12] = [
     "LISTEN_ADDR",
     "TLS_CERT_FILE",
     "TLS_KEY_FILE",
@@ -90,6 +98,7 @@ const KNOWN: [&str; 11] = [
     "KMS_KEY_ID",
     "CLUSTER_NAME",
     "MAX_REQUEST_BYTES",
+    "MAX_CONNECTIONS",
 ];
 /// Read by other kinko programs (envrun, the CLI) or by logging; not server settings.
 const OTHERS: [&str; 6] = [
@@ -238,6 +247,21 @@ impl Config {
                     )
                 })?,
         };
+        let max_connections = match raw.max_connections.as_deref() {
+            None | Some("") => MAX_CONNECTIONS,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_CONNECTIONS_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    error(
+                        "KINKO_MAX_CONNECTIONS",
+                        format!(
+                            "expected a connection count from 1 to {MAX_CONNECTIONS_LIMIT}, got {text:?}"
+                        ),
+                    )
+                })?,
+        };
         Ok(Config {
             listen,
             tls,
@@ -245,6 +269,7 @@ impl Config {
             seal,
             cluster_name,
             max_request_bytes,
+            max_connections,
         })
     }
 
@@ -263,6 +288,7 @@ impl Config {
             },
             cluster_name: "kinko-dev".into(),
             max_request_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_connections: MAX_CONNECTIONS,
         }
     }
 }
@@ -297,6 +323,10 @@ mod tests {
         );
         assert_eq!(config.cluster_name, "kinko");
         assert_eq!(config.max_request_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(config.max_connections, MAX_CONNECTIONS);
+        let mut capped = vars(&MINIMAL);
+        capped.push(("KINKO_MAX_CONNECTIONS".into(), "64".into()));
+        assert_eq!(Config::from_vars(capped).unwrap().max_connections, 64);
     }
 
     #[test]
@@ -332,6 +362,12 @@ mod tests {
             with(("KINKO_MAX_REQUEST_BYTES", "-1")).variable,
             "KINKO_MAX_REQUEST_BYTES"
         );
+        for bad in ["0", "-1", "many", "99999999"] {
+            assert_eq!(
+                with(("KINKO_MAX_CONNECTIONS", bad)).variable,
+                "KINKO_MAX_CONNECTIONS"
+            );
+        }
         assert!(with(("KINKO_STORAGE", "etcd"))
             .to_string()
             .contains("sqlite"));

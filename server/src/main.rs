@@ -206,7 +206,11 @@ async fn serve(
     out.flush()?;
     drop(out);
     let router = kinko_server::http::router(parts.core.clone(), config.max_request_bytes);
-    kinko_server::tls::serve(listener, parts.tls, router, shutdown_signal()).await?;
+    let limits = kinko_tls::ServeLimits {
+        max_connections: config.max_connections,
+        ..kinko_tls::ServeLimits::default()
+    };
+    kinko_tls::serve(listener, parts.tls, router, limits, shutdown_signal()).await?;
     parts.core.seal().await;
     Ok(())
 }

@@ -49,12 +49,12 @@ pub async fn assemble(config: &Config) -> anyhow::Result<Parts> {
         )),
     };
     let (tls, dev_ca) = match &config.tls {
-        TlsSource::Files { cert, key } => (crate::tls::server_config(cert, key)?, None),
+        TlsSource::Files { cert, key } => (kinko_tls::server_config(cert, key)?, None),
         TlsSource::DevSelfSigned { dir } => {
             create_private_dir(dir)?;
-            let paths = crate::tls::ensure_dev_certificate(dir)?;
+            let paths = crate::dev_ca::ensure_dev_certificate(dir)?;
             (
-                crate::tls::server_config(&paths.cert, &paths.key)?,
+                kinko_tls::server_config(&paths.cert, &paths.key)?,
                 Some(paths.ca),
             )
         }

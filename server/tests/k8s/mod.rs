@@ -175,11 +175,9 @@ impl TokenReviewServer {
             .unwrap();
         std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
         std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
-        let tls = kinko_server::tls::server_config(
-            &dir.path().join("tls.crt"),
-            &dir.path().join("tls.key"),
-        )
-        .unwrap();
+        let tls =
+            kinko_tls::server_config(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
+                .unwrap();
         let state = ReviewState {
             reviewer_token: reviewer_token.into(),
             ..ReviewState::default()
@@ -192,7 +190,8 @@ impl TokenReviewServer {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let _keep = dir;
-            kinko_server::tls::serve(listener, tls, app, async {
+            let limits = kinko_tls::ServeLimits::default();
+            kinko_tls::serve(listener, tls, app, limits, async {
                 let _ = stopped.await;
             })
             .await
