@@ -156,11 +156,22 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
         )?;
     let bytes = axum::body::to_bytes(body, app.max_body_bytes)
         .await
-        .map_err(|_| {
-            Error::PayloadTooLarge(format!(
-                "request body too large: the limit is {} bytes",
-                app.max_body_bytes
-            ))
+        .map_err(|error| {
+            let error = error.into_inner();
+            let over_limit =
+                std::iter::successors(Some(&*error as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| e.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                Error::PayloadTooLarge(format!(
+                    "request body too large: the limit is {} bytes",
+                    app.max_body_bytes
+                ))
+            } else {
+                // The client went away or sent a broken body: nothing to answer about size.
+                Error::bad_request("the request body could not be read")
+            }
         })?;
     let body = Body::parse(&bytes)?;
     Ok(Req {
