@@ -252,7 +252,7 @@ fn create_table_with_the_cli(endpoint: &str, table: &str) {
     for (name, value) in aws_env(endpoint) {
         command.env(name, value);
     }
-    let output = command.output().unwrap();
+    let output = kinko_e2e::output(&mut command);
     assert!(
         output.status.success(),
         "{}",

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kinko_client::Error;
 use kinko_client::{Client, Method};
 use kinko_e2e::{
-    assert_consistent_after_crash, binary, clear_kinko_env, eventually, write_certificate,
+    assert_consistent_after_crash, binary, clear_kinko_env, eventually, output, write_certificate,
     write_until_killed, Kinko,
 };
 use serde_json::{json, Map, Value};
@@ -158,7 +158,7 @@ fn production_form_names_the_missing_or_wrong_variable() {
         for (k, v) in vars {
             command.env(k, v);
         }
-        let output = command.output().unwrap();
+        let output = output(&mut command);
         assert!(!output.status.success());
         let stderr = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<&str> = stderr.lines().collect();
