@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -92,11 +93,11 @@ impl Kinko {
 
     fn spawn(mut command: Command, log_dir: &Path, ready_line: &str, ca: PathBuf) -> Kinko {
         std::fs::create_dir_all(log_dir).expect("log directory");
-        let stderr = log_dir.join(format!("kinko-{}.stderr", std::process::id()));
+        let (stderr, log) = new_log(log_dir);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
+            .stderr(log)
             .spawn()
             .expect("start kinko");
         let stdout = child.stdout.take().unwrap();
@@ -212,6 +213,56 @@ impl Drop for Kinko {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+/// A log file of its own for one server process: `kinko-<test pid>-<n>.stderr`, created only if
+/// it does not exist yet, so a second server or a restart never truncates an earlier log.
+fn new_log(dir: &Path) -> (PathBuf, std::fs::File) {
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    loop {
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("kinko-{}-{n}.stderr", std::process::id()));
+        match std::fs::File::create_new(&path) {
+            Ok(file) => return (path, file),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("create {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Every server log below `root` (each process the test started there has its own file).
+pub fn logs_under(root: &Path) -> Vec<(PathBuf, String)> {
+    let mut logs = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if name.starts_with("kinko-") && name.ends_with(".stderr") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                logs.push((path, text));
+            }
+        }
+    }
+    logs.sort();
+    logs
+}
+
+/// No log of any server the test started below `root` holds any of `values`.
+pub fn assert_no_secret_in_logs(root: &Path, values: &[&str]) {
+    let logs = logs_under(root);
+    assert!(!logs.is_empty(), "no server logs below {}", root.display());
+    for (path, text) in &logs {
+        for (i, value) in values.iter().enumerate() {
+            assert!(
+                !text.contains(value),
+                "{} holds secret #{i} of {values:?}",
+                path.display()
+            );
         }
     }
 }
