@@ -532,6 +532,72 @@ async fn supervise_forwards_signals_passes_exit_codes_and_restarts_on_change() {
     );
 }
 
+/// Resumes a process stopped with SIGSTOP when dropped, also when the test fails.
+struct Stopped(i32);
+
+impl Stopped {
+    fn stop(pid: i32) -> Stopped {
+        // SAFETY: signalling the test's own server by its pid.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// A re-fetch that hangs (the server stopped: the kernel still accepts connections, nothing
+/// answers until the per-request timeout and then `--timeout`) holds back neither a forwarded
+/// signal nor noticing that the program exited.
+#[tokio::test]
+async fn supervise_forwards_signals_while_a_refetch_hangs() {
+    let s = setup().await;
+    let script = r#"trap 'echo term >> "$OUT"; exit 7' TERM; echo started >> "$OUT"; while :; do sleep 0.1; done"#;
+    let mut child = Spawned::spawn(
+        s.envrun(ROOT)
+            .args([
+                "--supervise",
+                "--watch",
+                "1s",
+                "--timeout",
+                "60s",
+                "--secret",
+                "secret/app/db",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    assert!(wait_for_file(&s.out(), |t| t.contains("started")));
+    let stopped = Stopped::stop(s.server.pid());
+    // A tick (every 1 s) has started a re-fetch by now, and it hangs on the stopped server.
+    std::thread::sleep(Duration::from_millis(2500));
+    let sent = std::time::Instant::now();
+    child.signal(libc::SIGTERM);
+    let status = child.wait_within(Duration::from_secs(5));
+    let took = sent.elapsed();
+    drop(stopped);
+    assert!(
+        s.child_output().contains("term"),
+        "SIGTERM reached the program: {}",
+        s.child_output()
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(7),
+        "envrun exits with the program's code at once, not after the re-fetch ({took:?})"
+    );
+    let output = child.finish(Duration::from_secs(5));
+    assert_no_values(&output);
+}
+
 /// A failed test leaves nothing running: dropping a `Spawned` while the test unwinds kills
 /// envrun and the program it supervises.
 #[tokio::test]
