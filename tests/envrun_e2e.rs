@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use kinko_e2e::{binary, enable_kubernetes_auth, Kinko};
+use kinko_e2e::{binary, enable_kubernetes_auth, output, Kinko, Spawned};
 use serde_json::{json, Map, Value};
 
 const ROOT: &str = "envrun-root";
@@ -71,7 +71,7 @@ impl Setup {
 
 /// Runs and checks that envrun's own stdout and stderr never carry a secret value.
 fn run(command: &mut Command) -> Output {
-    let output = command.output().expect("run envrun");
+    let output = output(command);
     assert_no_values(&output);
     output
 }
@@ -202,20 +202,16 @@ async fn argv_exit_codes_signals_and_pid_are_the_programs_own() {
         "the signal that ended the program ends envrun's process"
     );
 
-    let child = s
-        .envrun(ROOT)
-        .args([
-            "--secret",
-            "secret/app/db",
-            "--",
-            "sh",
-            "-c",
-            "echo $$ > \"$OUT\"",
-        ])
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let output = child.wait_with_output().unwrap();
+    let child = Spawned::spawn(s.envrun(ROOT).args([
+        "--secret",
+        "secret/app/db",
+        "--",
+        "sh",
+        "-c",
+        "echo $$ > \"$OUT\"",
+    ]));
+    let pid = child.pid();
+    let output = child.finish(kinko_e2e::COMMAND_TIMEOUT);
     assert!(output.status.success());
     assert_eq!(
         s.child_output().trim(),
@@ -476,29 +472,27 @@ async fn supervise_forwards_signals_passes_exit_codes_and_restarts_on_change() {
 
     // The program logs each start with the password it got, and each HUP it receives.
     let script = r#"echo "start $SECRET_APP_DB_PASSWORD" >> "$OUT"; trap 'echo hup >> "$OUT"' HUP; trap 'echo term >> "$OUT"; exit 0' TERM; while :; do sleep 0.1; done"#;
-    let child = s
-        .envrun(ROOT)
-        .args([
-            "--supervise",
-            "--watch",
-            "1s",
-            "--on-change",
-            "restart",
-            "--upcase",
-            "--secret",
-            "secret/app/db",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
+    let child = Spawned::spawn(
+        s.envrun(ROOT)
+            .args([
+                "--supervise",
+                "--watch",
+                "1s",
+                "--on-change",
+                "restart",
+                "--upcase",
+                "--secret",
+                "secret/app/db",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     assert!(wait_for_file(&s.out(), |t| t.contains(&format!("start {PASSWORD}"))));
-    unsafe { libc::kill(pid, libc::SIGHUP) };
+    child.signal(libc::SIGHUP);
     assert!(
         wait_for_file(&s.out(), |t| t.contains("hup")),
         "SIGHUP reached the program"
@@ -523,8 +517,8 @@ async fn supervise_forwards_signals_passes_exit_codes_and_restarts_on_change() {
         "the old program was stopped with SIGTERM first"
     );
 
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let output = child.wait_with_output().unwrap();
+    child.signal(libc::SIGTERM);
+    let output = child.finish(Duration::from_secs(30));
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -536,6 +530,152 @@ async fn supervise_forwards_signals_passes_exit_codes_and_restarts_on_change() {
         errors.contains("secrets changed; restarting") && !errors.contains("rotated-pw"),
         "{errors}"
     );
+}
+
+/// Resumes a process stopped with SIGSTOP when dropped, also when the test fails.
+struct Stopped(i32);
+
+impl Stopped {
+    fn stop(pid: i32) -> Stopped {
+        // SAFETY: signalling the test's own server by its pid.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// A re-fetch that hangs (the server stopped: the kernel still accepts connections, nothing
+/// answers until the per-request timeout and then `--timeout`) holds back neither a forwarded
+/// signal nor noticing that the program exited.
+#[tokio::test]
+async fn supervise_forwards_signals_while_a_refetch_hangs() {
+    let s = setup().await;
+    let script = r#"trap 'echo term >> "$OUT"; exit 7' TERM; echo started >> "$OUT"; while :; do sleep 0.1; done"#;
+    let mut child = Spawned::spawn(
+        s.envrun(ROOT)
+            .args([
+                "--supervise",
+                "--watch",
+                "1s",
+                "--timeout",
+                "60s",
+                "--secret",
+                "secret/app/db",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    assert!(wait_for_file(&s.out(), |t| t.contains("started")));
+    let stopped = Stopped::stop(s.server.pid());
+    // A tick (every 1 s) has started a re-fetch by now, and it hangs on the stopped server.
+    std::thread::sleep(Duration::from_millis(2500));
+    let sent = std::time::Instant::now();
+    child.signal(libc::SIGTERM);
+    let status = child.wait_within(Duration::from_secs(5));
+    let took = sent.elapsed();
+    drop(stopped);
+    assert!(
+        s.child_output().contains("term"),
+        "SIGTERM reached the program: {}",
+        s.child_output()
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(7),
+        "envrun exits with the program's code at once, not after the re-fetch ({took:?})"
+    );
+    let output = child.finish(Duration::from_secs(5));
+    assert_no_values(&output);
+}
+
+/// A failed test leaves nothing running: dropping a `Spawned` while the test unwinds kills
+/// envrun and the program it supervises.
+#[tokio::test]
+async fn a_failed_supervise_test_leaves_no_process_behind() {
+    let s = setup().await;
+    let script = r#"echo $$ > "$OUT"; while :; do sleep 0.1; done"#;
+    let envrun = Spawned::spawn(s.envrun(ROOT).args([
+        "--supervise",
+        "--secret",
+        "secret/app/db",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]));
+    let envrun_pid = envrun.pid();
+    assert!(wait_for_file(&s.out(), |t| t.ends_with('\n')));
+    let program_pid: i32 = s.child_output().trim().parse().unwrap();
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _owned = envrun;
+        panic!("a supervise test fails");
+    }));
+    assert!(failed.is_err());
+    for pid in [envrun_pid, program_pid] {
+        assert!(
+            wait_for_file(Path::new("/dev/null"), |_| !running(pid)),
+            "process {pid} outlived the failed test"
+        );
+    }
+}
+
+/// A command that hangs fails the test at its deadline, naming the command and what it
+/// printed, and neither it nor what it started is left running.
+#[test]
+fn a_hung_command_fails_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("sleeper.pid");
+    let started = std::time::Instant::now();
+    let failed = std::panic::catch_unwind(|| {
+        kinko_e2e::output_within(
+            Command::new("sh").arg("-c").arg(format!(
+                "sleep 1000 & echo $! > {}; echo printed-before-the-hang; wait",
+                pid_file.display()
+            )),
+            Duration::from_secs(1),
+        )
+    });
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let message = failed.expect_err("the deadline fails the test");
+    let message = message
+        .downcast_ref::<String>()
+        .expect("a formatted panic message");
+    assert!(
+        message.contains("did not finish within 1s")
+            && message.contains("sleep 1000")
+            && message.contains("printed-before-the-hang"),
+        "{message}"
+    );
+    let sleeper: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_for_file(Path::new("/dev/null"), |_| !running(sleeper)),
+        "the command's own child was killed too"
+    );
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
 }
 
 /// The static envrun alone in an otherwise empty root directory (what a scratch image holds,
@@ -601,10 +741,6 @@ async fn the_static_binary_works_in_an_empty_root() {
 }
 
 fn readelf_has_no_interpreter(binary: &Path) -> bool {
-    let output = Command::new("readelf")
-        .arg("-l")
-        .arg(binary)
-        .output()
-        .expect("readelf");
+    let output = output(Command::new("readelf").arg("-l").arg(binary));
     output.status.success() && !String::from_utf8_lossy(&output.stdout).contains("INTERP")
 }

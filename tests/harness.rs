@@ -1,13 +1,20 @@
 //! End-to-end harness: starts the real `kinko` binary as a process on a free loopback port,
 //! learns its address from its first stdout line, and stops it by its own process id.
+//! Every other process a test starts is a [`Spawned`]: waited for with a deadline, and killed
+//! with its whole process group when it is dropped, also while a failed test unwinds.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a command a test runs to completion (envrun, bao, `kinko operator`) may take.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A binary of this workspace, built into the same target directory as the running test.
 pub fn binary(name: &str) -> PathBuf {
@@ -86,11 +93,11 @@ impl Kinko {
 
     fn spawn(mut command: Command, log_dir: &Path, ready_line: &str, ca: PathBuf) -> Kinko {
         std::fs::create_dir_all(log_dir).expect("log directory");
-        let stderr = log_dir.join(format!("kinko-{}.stderr", std::process::id()));
+        let (stderr, log) = new_log(log_dir);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
+            .stderr(log)
             .spawn()
             .expect("start kinko");
         let stdout = child.stdout.take().unwrap();
@@ -208,6 +215,206 @@ impl Drop for Kinko {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A log file of its own for one server process: `kinko-<test pid>-<n>.stderr`, created only if
+/// it does not exist yet, so a second server or a restart never truncates an earlier log.
+fn new_log(dir: &Path) -> (PathBuf, std::fs::File) {
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    loop {
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("kinko-{}-{n}.stderr", std::process::id()));
+        match std::fs::File::create_new(&path) {
+            Ok(file) => return (path, file),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("create {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Every server log below `root` (each process the test started there has its own file).
+pub fn logs_under(root: &Path) -> Vec<(PathBuf, String)> {
+    let mut logs = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if name.starts_with("kinko-") && name.ends_with(".stderr") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                logs.push((path, text));
+            }
+        }
+    }
+    logs.sort();
+    logs
+}
+
+/// No log of any server the test started below `root` holds any of `values`.
+pub fn assert_no_secret_in_logs(root: &Path, values: &[&str]) {
+    let logs = logs_under(root);
+    assert!(!logs.is_empty(), "no server logs below {}", root.display());
+    for (path, text) in &logs {
+        for (i, value) in values.iter().enumerate() {
+            assert!(
+                !text.contains(value),
+                "{} holds secret #{i} of {values:?}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// A process a test started, leader of a process group of its own. Dropping it (also while a
+/// failed test unwinds) kills that whole group, so the process's own children (envrun's
+/// program) go with it. It is reaped only after the group is killed: until then its pid, which
+/// is the group's id, cannot be reused, so the kill never reaches a stranger.
+pub struct Spawned {
+    child: Child,
+    command_line: String,
+    status: Option<ExitStatus>,
+    stdout: Option<mpsc::Receiver<Vec<u8>>>,
+    stderr: Option<mpsc::Receiver<Vec<u8>>>,
+}
+
+fn drain(stream: Option<impl Read + Send + 'static>) -> Option<mpsc::Receiver<Vec<u8>>> {
+    let mut stream = stream?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stream.read_to_end(&mut bytes);
+        let _ = tx.send(bytes);
+    });
+    Some(rx)
+}
+
+impl Spawned {
+    /// Starts `command` (its stdio as the caller set it) in a new process group.
+    pub fn spawn(command: &mut Command) -> Spawned {
+        let command_line = std::iter::once(command.get_program())
+            .chain(command.get_args())
+            .map(|a| format!("{:?}", a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut child = command
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {command_line}: {e}"));
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        Spawned {
+            child,
+            command_line,
+            status: None,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` to this process (by its own pid).
+    pub fn signal(&self, signal: i32) {
+        assert!(
+            self.status.is_none(),
+            "{} was already reaped",
+            self.command_line
+        );
+        // SAFETY: signalling our own child, not yet reaped, by its pid.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Whether the process has exited, without reaping it.
+    fn exited(&self) -> bool {
+        // SAFETY: a zeroed siginfo_t is valid; WNOWAIT leaves the zombie in place.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let found = libc::waitid(
+                libc::P_PID,
+                self.child.id(),
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            );
+            found == 0 && info.si_pid() != 0
+        }
+    }
+
+    /// Kills what is left of the process group, then reaps the process.
+    fn kill_and_reap(&mut self) -> ExitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        // SAFETY: the group this process leads; its id stays ours until the reap below.
+        unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
+        let status = self.child.wait().expect("reap a child");
+        self.status = Some(status);
+        status
+    }
+
+    /// Waits up to `limit` for the process to exit; then kills anything it left in its group
+    /// and returns its status. `None`: still running (and left running).
+    pub fn wait_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while self.status.is_none() && !self.exited() {
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(self.kill_and_reap())
+    }
+
+    /// Waits up to `limit` for the process to exit and returns its status and what it printed
+    /// on the streams the caller piped. On expiry kills the group and fails the test with the
+    /// command line and the output so far.
+    pub fn finish(mut self, limit: Duration) -> Output {
+        let finished = self.wait_within(limit);
+        let status = self.kill_and_reap();
+        let collect = |stream: Option<mpsc::Receiver<Vec<u8>>>| {
+            stream
+                .map(|rx| rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default())
+                .unwrap_or_default()
+        };
+        let output = Output {
+            status,
+            stdout: collect(self.stdout.take()),
+            stderr: collect(self.stderr.take()),
+        };
+        if finished.is_none() {
+            panic!(
+                "{} did not finish within {limit:?}; killed.\nstdout:\n{}\nstderr:\n{}",
+                self.command_line,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        output
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
+/// `command.output()` with a deadline: stdin empty, stdout and stderr captured; a command
+/// still running after `limit` is killed (with its process group) and fails the test.
+pub fn output_within(command: &mut Command, limit: Duration) -> Output {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Spawned::spawn(command).finish(limit)
+}
+
+/// [`output_within`] with [`COMMAND_TIMEOUT`].
+pub fn output(command: &mut Command) -> Output {
+    output_within(command, COMMAND_TIMEOUT)
 }
 
 /// Removes inherited `KINKO_*` variables so a test sees only what it sets.

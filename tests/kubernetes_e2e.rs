@@ -5,7 +5,7 @@
 mod k8s;
 
 use kinko_client::Method;
-use kinko_e2e::{enable_kubernetes_auth, Kinko};
+use kinko_e2e::{assert_no_secret_in_logs, enable_kubernetes_auth, Kinko};
 use serde_json::json;
 
 #[tokio::test]
@@ -86,9 +86,6 @@ async fn a_pod_token_logs_in_and_reads_only_its_secrets() {
         .await
         .unwrap_err();
     assert_eq!(refused.status(), Some(403));
-    let logs = server.stderr();
-    assert!(
-        !logs.contains(&jwt) && !logs.contains("sk_live_e2e"),
-        "no JWT or secret in the server's logs"
-    );
+    // No JWT or secret in the server's logs.
+    assert_no_secret_in_logs(dir.path(), &[&jwt, "sk_live_e2e"]);
 }

@@ -2,9 +2,9 @@
 //! installed by the test command), driven as a process with its usual environment.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
-use kinko_e2e::{tool, Kinko};
+use kinko_e2e::{output, tool, Kinko, Spawned, COMMAND_TIMEOUT};
 
 struct Cli<'a> {
     server: &'a Kinko,
@@ -27,10 +27,16 @@ impl Cli<'_> {
             .env("VAULT_CACERT", &self.server.ca)
             .env("VAULT_TOKEN", &self.token)
             .env("HOME", self.server.ca.parent().unwrap());
-        if let Some(file) = stdin_file {
-            command.stdin(std::fs::File::open(file).unwrap());
+        match stdin_file {
+            None => output(&mut command),
+            Some(file) => Spawned::spawn(
+                command
+                    .stdin(std::fs::File::open(file).unwrap())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped()),
+            )
+            .finish(COMMAND_TIMEOUT),
         }
-        command.output().expect("run bao")
     }
 
     /// Runs and expects success; returns stdout.

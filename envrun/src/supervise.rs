@@ -3,6 +3,7 @@
 //! restarting the program or signalling it when a secret changed.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
@@ -106,6 +107,10 @@ impl Supervisor<'_> {
         let mut ticker = tokio::time::interval(self.watch.unwrap_or(Duration::from_secs(3600)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
+        // The re-fetch in flight, if any. It is polled as its own arm of the select below, so
+        // a slow or hanging server (up to --timeout) never holds back a forwarded signal or
+        // the program's exit; the ticker arm is off while it runs, so at most one is in flight.
+        let mut refetch = None;
         loop {
             tokio::select! {
                 status = child.wait() => {
@@ -118,8 +123,12 @@ impl Supervisor<'_> {
                     };
                 }
                 Some(number) = received.recv() => send(child.id(), number),
-                _ = ticker.tick(), if self.watch.is_some() => {
-                    let fresh = match self.resolver.resolve().await {
+                _ = ticker.tick(), if self.watch.is_some() && refetch.is_none() => {
+                    refetch = Some(Box::pin(self.resolver.resolve()));
+                }
+                fetched = poll_refetch(&mut refetch), if refetch.is_some() => {
+                    refetch = None;
+                    let fresh = match fetched {
                         Ok(fresh) => fresh,
                         Err(error) => {
                             // Keep a healthy program running through a passing outage.
@@ -154,6 +163,15 @@ impl Supervisor<'_> {
                 }
             }
         }
+    }
+}
+
+/// Drives the re-fetch in flight; never completes when there is none (its arm is disabled then,
+/// but `select!` still builds the future).
+async fn poll_refetch<F: Future + Unpin>(refetch: &mut Option<F>) -> F::Output {
+    match refetch {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
 }
 
