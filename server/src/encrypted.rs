@@ -11,12 +11,12 @@ use crate::barrier::{open_with_key, seal_with_key, BarrierError, Keyring};
 use crate::clock::now_unix;
 use crate::error::{Error, Result};
 use crate::metrics::METRICS;
+use crate::retry::{on_conflict, Attempt};
 use crate::secret::{Key256, SecretBytes};
 use crate::storage::{Op, Precondition, Storage, StorageError, MAX_TRANSACTION_OPS};
 
 /// Where the keyring lives, encrypted by the root key rather than by itself.
 pub const KEYRING_PATH: &str = "core/keyring";
-const RESERVE_ATTEMPTS: usize = 20;
 
 pub struct Plain {
     pub bytes: SecretBytes,
@@ -151,7 +151,8 @@ impl EncryptedStorage {
     /// Replaces the stored keyring by `change(stored)` with a conditional write, retrying when
     /// another replica changed it first, and installs the result here.
     async fn update_keyring(&self, change: impl Fn(&Keyring) -> Keyring) -> Result<Arc<Keyring>> {
-        for _ in 0..RESERVE_ATTEMPTS {
+        let change = &change;
+        let next = on_conflict("the keyring", || async move {
             let (stored, version) = self.load_keyring().await?;
             let next = change(&stored);
             let blob = seal_keyring(&self.root_key, &self.cluster_id, &next);
@@ -160,18 +161,15 @@ impl EncryptedStorage {
                 .put(KEYRING_PATH, blob, Precondition::Version(version))
                 .await
             {
-                Ok(()) => {
-                    let next = Arc::new(next);
-                    *self.keyring.write().expect("keyring lock poisoned") = next.clone();
-                    return Ok(next);
-                }
-                Err(StorageError::Conflict { .. }) => continue,
-                Err(other) => return Err(other.into()),
+                Ok(()) => Ok(Attempt::Done(next)),
+                Err(StorageError::Conflict { .. }) => Ok(Attempt::Conflict),
+                Err(other) => Err(other.into()),
             }
-        }
-        Err(Error::Unavailable(
-            "keyring is contended by other replicas; try again".into(),
-        ))
+        })
+        .await?;
+        let next = Arc::new(next);
+        *self.keyring.write().expect("keyring lock poisoned") = next.clone();
+        Ok(next)
     }
 
     async fn reserve_block(&self, spent: &Arc<Keyring>) -> Result<()> {

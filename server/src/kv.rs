@@ -11,13 +11,13 @@ use zeroize::Zeroizing;
 
 use crate::cache::TtlCache;
 use crate::clock::{now, parse_rfc3339, rfc3339};
-use crate::encrypted::{EncryptedStorage, TransactError, Write};
+use crate::encrypted::{EncryptedStorage, Write};
 use crate::error::{Error, Result};
+use crate::retry::{on_conflict, settle, Attempt};
 use crate::storage::{Precondition, MAX_TRANSACTION_OPS};
 
 /// Vault's default when `max_versions` is 0.
 pub const DEFAULT_MAX_VERSIONS: u64 = 10;
-const ATTEMPTS: usize = 16;
 /// Room left in a transaction for the metadata and the new version.
 const PRUNE_PER_WRITE: usize = MAX_TRANSACTION_OPS - 2;
 pub const MAX_CUSTOM_METADATA_KEYS: usize = 64;
@@ -295,34 +295,32 @@ impl<'a> Kv<'a> {
     async fn update<T>(
         &self,
         path: &str,
-        mut change: impl FnMut(
+        change: impl FnMut(
             Option<KeyMetadata>,
             &KvConfig,
         ) -> Result<Option<(KeyMetadata, Vec<Write>, T)>>,
     ) -> Result<Option<T>> {
         let _queued = self.shared.lock(&self.metadata_key(path)).await;
-        let config = self.config().await?;
-        for _ in 0..ATTEMPTS {
+        let config = &self.config().await?;
+        // Called again on every attempt; a lock because the attempt future borrows it.
+        let change = &std::sync::Mutex::new(change);
+        on_conflict(&format!("the key {path}"), || async move {
             let stored = self.metadata(path).await?;
             let precondition = stored
                 .as_ref()
                 .map_or(Precondition::Absent, |(_, v)| Precondition::Version(*v));
-            let Some((meta, mut writes, result)) = change(stored.map(|(m, _)| m), &config)? else {
-                return Ok(None);
+            let changed =
+                (change.lock().expect("change lock poisoned"))(stored.map(|(m, _)| m), config)?;
+            let Some((meta, mut writes, result)) = changed else {
+                return Ok(Attempt::Done(None));
             };
             writes.insert(
                 0,
                 Write::put_json(self.metadata_key(path), &meta, precondition),
             );
-            match self.store.transact(writes).await {
-                Ok(()) => return Ok(Some(result)),
-                Err(TransactError::Conflict) => continue,
-                Err(TransactError::Other(error)) => return Err(error),
-            }
-        }
-        Err(Error::Unavailable(format!(
-            "too many concurrent writers on {path}; try again"
-        )))
+            settle(self.store.transact(writes).await, Some(result))
+        })
+        .await
     }
 
     pub async fn write(
@@ -348,7 +346,8 @@ impl<'a> Kv<'a> {
     ) -> Result<Value> {
         let path = secret_path(path)?;
         // The current data is read inside the retry loop: a concurrent write changes the base.
-        for _ in 0..ATTEMPTS {
+        let patch = &patch;
+        on_conflict(&format!("the key {path}"), || async move {
             let Some((meta, _)) = self.metadata(path).await? else {
                 return Err(Error::NotFound);
             };
@@ -366,13 +365,9 @@ impl<'a> Kv<'a> {
                     (current == base_version).then(|| bytes.clone())
                 })
                 .await?;
-            if let Some(response) = written {
-                return Ok(response);
-            }
-        }
-        Err(Error::Unavailable(format!(
-            "too many concurrent writers on {path}; try again"
-        )))
+            Ok(written.map_or(Attempt::Conflict, Attempt::Done))
+        })
+        .await
     }
 
     async fn write_version(
@@ -541,35 +536,30 @@ impl<'a> Kv<'a> {
     /// transaction as the first versions, so the key disappears at once; leftover version items
     /// (for keys with many versions) are unreachable and removed right after.
     pub async fn delete_metadata(&self, path: &str) -> Result<()> {
-        let Some((meta, version)) = self.metadata(path).await? else {
-            return Ok(());
-        };
-        let mut keys: Vec<String> = meta
-            .versions
-            .keys()
-            .map(|v| self.version_key(path, *v))
-            .collect();
-        let first: Vec<String> = keys
-            .drain(..keys.len().min(MAX_TRANSACTION_OPS - 1))
-            .collect();
-        let mut writes = vec![Write::delete(
-            self.metadata_key(path),
-            Precondition::Version(version),
-        )];
-        writes.extend(
-            first
-                .into_iter()
-                .map(|k| Write::delete(k, Precondition::None)),
-        );
-        match self.store.transact(writes).await {
-            Ok(()) => {}
-            Err(TransactError::Conflict) => {
-                return Err(Error::Unavailable(format!(
-                    "{path} changed while being deleted; try again"
-                )))
-            }
-            Err(TransactError::Other(error)) => return Err(error),
-        }
+        let keys = on_conflict(&format!("the key {path}"), || async move {
+            let Some((meta, version)) = self.metadata(path).await? else {
+                return Ok(Attempt::Done(Vec::new()));
+            };
+            let mut keys: Vec<String> = meta
+                .versions
+                .keys()
+                .map(|v| self.version_key(path, *v))
+                .collect();
+            let first: Vec<String> = keys
+                .drain(..keys.len().min(MAX_TRANSACTION_OPS - 1))
+                .collect();
+            let mut writes = vec![Write::delete(
+                self.metadata_key(path),
+                Precondition::Version(version),
+            )];
+            writes.extend(
+                first
+                    .into_iter()
+                    .map(|k| Write::delete(k, Precondition::None)),
+            );
+            settle(self.store.transact(writes).await, keys)
+        })
+        .await?;
         for chunk in keys.chunks(MAX_TRANSACTION_OPS) {
             self.store
                 .write(

@@ -10,6 +10,7 @@ use crate::clock::{now, rfc3339};
 use crate::encrypted::{EncryptedStorage, Write};
 use crate::error::{Error, Result};
 use crate::path::validate_logical_path;
+use crate::retry::{on_conflict, settle};
 use crate::storage::Precondition;
 
 pub const MOUNTS_PATH: &str = "core/mounts";
@@ -205,30 +206,25 @@ impl MountTable {
     async fn change(
         &self,
         store: &EncryptedStorage,
-        mut edit: impl FnMut(&mut Vec<Mount>) -> Result<()>,
+        edit: impl FnMut(&mut Vec<Mount>) -> Result<()>,
     ) -> Result<()> {
-        for _ in 0..10 {
+        // Called again on every attempt; a lock because the attempt future borrows it.
+        let edit = &std::sync::Mutex::new(edit);
+        let mounts = on_conflict("the mount table", || async move {
             let stored: Option<(Vec<Mount>, u64)> = store.get_json(self.key).await?;
             let (mut mounts, precondition) = match stored {
                 Some((m, version)) => (m, Precondition::Version(version)),
                 None => (Vec::new(), Precondition::Absent),
             };
-            edit(&mut mounts)?;
-            match store
+            (edit.lock().expect("edit lock poisoned"))(&mut mounts)?;
+            let written = store
                 .transact(vec![Write::put_json(self.key, &mounts, precondition)])
-                .await
-            {
-                Ok(()) => {
-                    *self.mounts.write().expect("mount table poisoned") = Arc::new(mounts);
-                    return Ok(());
-                }
-                Err(crate::encrypted::TransactError::Conflict) => continue,
-                Err(crate::encrypted::TransactError::Other(error)) => return Err(error),
-            }
-        }
-        Err(Error::Unavailable(
-            "mount table is contended; try again".into(),
-        ))
+                .await;
+            settle(written, mounts)
+        })
+        .await?;
+        *self.mounts.write().expect("mount table poisoned") = Arc::new(mounts);
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::encrypted::TransactError;
 use crate::error::{Error, Result};
 use crate::metrics::METRICS;
 
@@ -21,6 +22,15 @@ pub enum Attempt<T> {
     Done(T),
     /// A conditional write lost to a concurrent change: read again and retry.
     Conflict,
+}
+
+/// The one reading of a conditional write's outcome: applied (`value`), lost a race, or failed.
+pub fn settle<T>(written: std::result::Result<(), TransactError>, value: T) -> Result<Attempt<T>> {
+    match written {
+        Ok(()) => Ok(Attempt::Done(value)),
+        Err(TransactError::Conflict) => Ok(Attempt::Conflict),
+        Err(TransactError::Other(error)) => Err(error),
+    }
 }
 
 /// Runs `attempt` until it is done, fails, or has lost [`ATTEMPTS`] races; between attempts

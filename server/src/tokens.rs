@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -14,7 +14,7 @@ use crate::cache::TtlCache;
 use crate::clock::{now_unix, rfc3339_unix};
 use crate::encrypted::{EncryptedStorage, TransactError, Write};
 use crate::error::{Error, Result};
-use crate::retry::{on_conflict, Attempt};
+use crate::retry::{on_conflict, settle, Attempt};
 use crate::secret::{Key256, SecretString};
 use crate::storage::{Precondition, MAX_TRANSACTION_OPS};
 
@@ -343,11 +343,10 @@ impl TokenStore {
                 &spent,
                 Precondition::Version(version),
             );
-            match store.transact(vec![write]).await {
-                Ok(()) => Ok(Attempt::Done(Some((spent, version + 1)))),
-                Err(TransactError::Conflict) => Ok(Attempt::Conflict),
-                Err(TransactError::Other(error)) => Err(error),
-            }
+            settle(
+                store.transact(vec![write]).await,
+                Some((spent, version + 1)),
+            )
         })
         .await?;
         let Some((mut entry, version)) = spent else {
@@ -402,11 +401,7 @@ impl TokenStore {
             }
             entry.revoked = true;
             let write = Write::put_json(path.as_str(), &entry, Precondition::Version(version));
-            match store.transact(vec![write]).await {
-                Ok(()) => Ok(Attempt::Done(())),
-                Err(TransactError::Conflict) => Ok(Attempt::Conflict),
-                Err(TransactError::Other(error)) => Err(error),
-            }
+            settle(store.transact(vec![write]).await, ())
         })
         .await?;
         self.entries.remove(hash);
@@ -479,14 +474,9 @@ impl TokenStore {
                 &entry,
                 Precondition::Version(version),
             );
-            match store.transact(vec![write]).await {
-                Ok(()) => {
-                    self.entries.remove(hash);
-                    Ok(Attempt::Done(entry))
-                }
-                Err(TransactError::Conflict) => Ok(Attempt::Conflict),
-                Err(TransactError::Other(error)) => Err(error),
-            }
+            let outcome = settle(store.transact(vec![write]).await, entry);
+            self.entries.remove(hash);
+            outcome
         })
         .await
     }

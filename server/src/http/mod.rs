@@ -113,24 +113,14 @@ fn mount_type(path: &str) -> &'static str {
 
 async fn parse(app: &App, request: Request) -> Result<Req> {
     let (parts, body) = request.into_parts();
-    let query: HashMap<String, String> = parts
-        .uri
-        .query()
-        .map(|q| {
-            q.split('&')
-                .filter(|pair| !pair.is_empty())
-                .map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    let decode = |s: &str| {
-                        percent_encoding::percent_decode_str(&s.replace('+', " "))
-                            .decode_utf8_lossy()
-                            .into_owned()
-                    };
-                    (decode(k), decode(v))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let query: HashMap<String, String> = match parts.uri.query() {
+        None => HashMap::new(),
+        Some(_) => {
+            axum::extract::Query::try_from_uri(&parts.uri)
+                .map_err(|_| Error::bad_request("the URL query string is not valid"))?
+                .0
+        }
+    };
     if query.contains_key("token") {
         // URLs end up in access logs, proxies and browser history.
         return Err(Error::bad_request(

@@ -2,6 +2,8 @@
 //! transactions, immediate-children listing) and its backends. Values arrive already encrypted
 //! by the barrier; a backend never sees plaintext.
 
+/// The suite every backend must pass; compiled for tests only (`--features conformance`).
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod dynamodb;
 pub mod sqlite;
