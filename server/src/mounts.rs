@@ -4,7 +4,6 @@
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use crate::clock::{now, rfc3339};
 use crate::encrypted::{EncryptedStorage, Write};
@@ -65,24 +64,6 @@ impl Mount {
         } else {
             format!("auth/{}/", self.uuid)
         }
-    }
-
-    /// The shape of one entry of `GET sys/mounts` (and of `sys/internal/ui/mounts`).
-    pub fn describe(&self) -> Value {
-        json!({
-            "accessor": self.accessor,
-            "config": { "default_lease_ttl": 0, "force_no_cache": false, "max_lease_ttl": 0 },
-            "description": self.description,
-            "external_entropy_access": false,
-            "local": false,
-            "options": if self.kind == "kv" { json!({ "version": "2" }) } else { Value::Null },
-            "plugin_version": "",
-            "running_plugin_version": "",
-            "running_sha256": "",
-            "seal_wrap": false,
-            "type": self.kind,
-            "uuid": self.uuid,
-        })
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::cache::TtlCache;
-use crate::clock::{now_unix, rfc3339_unix};
+use crate::clock::now_unix;
 use crate::encrypted::{EncryptedStorage, TransactError, Write};
 use crate::error::{Error, Result};
 use crate::retry::{on_conflict, settle, Attempt};
@@ -480,48 +480,4 @@ impl TokenStore {
         })
         .await
     }
-}
-
-/// `data` of `lookup-self` / `lookup`; `id` is shown only to whoever presented the token.
-pub fn lookup_data(id: Option<&str>, entry: &TokenEntry) -> Value {
-    let now = now_unix();
-    json!({
-        "accessor": entry.accessor,
-        "creation_time": entry.creation_time,
-        "creation_ttl": entry.creation_ttl,
-        "display_name": entry.display_name,
-        "entity_id": "",
-        "expire_time": entry.expire_time.map(rfc3339_unix),
-        "explicit_max_ttl": entry.explicit_max_ttl,
-        "id": id.unwrap_or(""),
-        "issue_time": rfc3339_unix(entry.creation_time),
-        "meta": if entry.meta.is_empty() { Value::Null } else { json!(entry.meta) },
-        "num_uses": entry.num_uses,
-        "orphan": entry.orphan,
-        "path": entry.path,
-        "policies": entry.policies,
-        "renewable": entry.renewable,
-        "ttl": entry.ttl_remaining(now),
-        "type": "service",
-    })
-}
-
-/// `auth` of a response that issued a token.
-pub fn auth_block(token: &str, entry: &TokenEntry) -> Value {
-    let token_policies = entry.policies.clone();
-    json!({
-        "client_token": token,
-        "accessor": entry.accessor,
-        "policies": token_policies,
-        "token_policies": entry.policies,
-        "identity_policies": null,
-        "metadata": if entry.meta.is_empty() { Value::Null } else { json!(entry.meta) },
-        "lease_duration": entry.ttl_remaining(now_unix()),
-        "renewable": entry.renewable,
-        "entity_id": "",
-        "token_type": "service",
-        "orphan": entry.orphan,
-        "mfa_requirement": null,
-        "num_uses": entry.num_uses,
-    })
 }

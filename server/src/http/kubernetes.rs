@@ -1,14 +1,14 @@
 //! `auth/<path>/` endpoints of a Kubernetes auth mount: `config`, `role/:name`, `login`.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
+use super::token::auth_block;
 use super::{authorize, Body, Operation, Reply, Req};
 use crate::core::Unsealed;
 use crate::error::{Error, Result};
 use crate::kubernetes::{self, KubernetesConfig, Role, Verification};
 use crate::mounts::Mount;
 use crate::policy::Capability;
-use crate::tokens::auth_block;
 
 pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result<Reply> {
     let rest = rest.trim_end_matches('/');
@@ -36,7 +36,7 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
             let config = kubernetes::read_config(u, mount)
                 .await?
                 .ok_or(Error::NotFound)?;
-            Ok(Reply::Data(config.public_view()))
+            Ok(Reply::Data(config_view(&config)))
         }
         ("config", Operation::Write) => {
             authorize(u, req, Capability::Update).await?;
@@ -61,7 +61,7 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
                     let role = kubernetes::read_role(u, mount, name)
                         .await?
                         .ok_or(Error::NotFound)?;
-                    Ok(Reply::Data(role.to_json()))
+                    Ok(Reply::Data(role_view(&role)))
                 }
                 Operation::Write => {
                     authorize(u, req, Capability::Update).await?;
@@ -136,4 +136,34 @@ fn role_from_body(body: &Body) -> Result<Role> {
     };
     role.validate()?;
     Ok(role)
+}
+
+/// What `GET config` shows: everything but the reviewer JWT.
+fn config_view(config: &KubernetesConfig) -> Value {
+    json!({
+        "kubernetes_host": config.kubernetes_host,
+        "kubernetes_ca_cert": config.kubernetes_ca_cert,
+        "pem_keys": config.pem_keys,
+        "jwks": config.jwks,
+        "issuer": config.issuer,
+        "disable_iss_validation": config.disable_iss_validation,
+        "disable_local_ca_jwt": config.disable_local_ca_jwt,
+        "verification": config.verification,
+        "token_reviewer_jwt_set": !config.token_reviewer_jwt.is_empty(),
+    })
+}
+
+/// What `GET role/:name` shows, with Vault's aliases (`policies`, `ttl`, `max_ttl`).
+fn role_view(role: &Role) -> Value {
+    json!({
+        "bound_service_account_names": role.bound_service_account_names,
+        "bound_service_account_namespaces": role.bound_service_account_namespaces,
+        "audience": role.audience,
+        "token_policies": role.token_policies,
+        "policies": role.token_policies,
+        "token_ttl": role.token_ttl,
+        "token_max_ttl": role.token_max_ttl,
+        "ttl": role.token_ttl,
+        "max_ttl": role.token_max_ttl,
+    })
 }

@@ -291,7 +291,7 @@ async fn mounts(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
         authorize(u, req, Capability::Read).await?;
         let mut all = Map::new();
         for mount in u.mounts.all().iter() {
-            all.insert(mount.path.clone(), mount.describe());
+            all.insert(mount.path.clone(), describe_mount(mount));
         }
         all.insert("sys/".into(), system_mount());
         return Ok(Reply::Compat(Value::Object(all)));
@@ -301,7 +301,7 @@ async fn mounts(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
             authorize(u, req, Capability::Read).await?;
             let path = normalise_mount_path(name)?;
             let mount = u.mounts.get(&path).ok_or(Error::NotFound)?;
-            Ok(Reply::Compat(mount.describe()))
+            Ok(Reply::Compat(describe_mount(&mount)))
         }
         Operation::Write => {
             authorize(u, req, Capability::Update).await?;
@@ -358,7 +358,7 @@ async fn ui_mount(u: &Unsealed, req: &Req, path: &str) -> Result<Reply> {
             .iter()
             .filter(|m| acl.grants_anything_under(&m.path))
         {
-            secret.insert(mount.path.clone(), mount.describe());
+            secret.insert(mount.path.clone(), describe_mount(mount));
         }
         return Ok(Reply::Data(
             json!({ "secret": secret, "auth": { "token/": token_auth_method() } }),
@@ -368,7 +368,7 @@ async fn ui_mount(u: &Unsealed, req: &Req, path: &str) -> Result<Reply> {
     if !acl.grants_anything_under(&mount.path) {
         return Err(Error::PermissionDenied);
     }
-    let mut description = mount.describe();
+    let mut description = describe_mount(&mount);
     description["path"] = json!(mount.path);
     Ok(Reply::Data(description))
 }
@@ -394,7 +394,7 @@ async fn auth_methods(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
             let mut all = Map::new();
             all.insert("token/".into(), token_auth_method());
             for mount in u.auth.all().iter() {
-                all.insert(mount.path.clone(), mount.describe());
+                all.insert(mount.path.clone(), describe_mount(mount));
             }
             Ok(Reply::Compat(Value::Object(all)))
         }
@@ -429,7 +429,7 @@ async fn auth_methods(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
             authorize(u, req, Capability::Read).await?;
             let path = normalise_auth_path(name)?;
             let mount = u.auth.get(&path).ok_or(Error::NotFound)?;
-            Ok(Reply::Compat(mount.describe()))
+            Ok(Reply::Compat(describe_mount(&mount)))
         }
         _ => Err(Error::MethodNotAllowed),
     }
@@ -462,4 +462,22 @@ async fn capabilities_self(u: &Unsealed, req: &Req) -> Result<Reply> {
     all.dedup();
     data.insert("capabilities".into(), json!(all));
     Ok(Reply::Compat(Value::Object(data)))
+}
+
+/// The shape of one entry of `GET sys/mounts` (and of `sys/internal/ui/mounts`).
+pub(super) fn describe_mount(mount: &Mount) -> Value {
+    json!({
+        "accessor": mount.accessor,
+        "config": { "default_lease_ttl": 0, "force_no_cache": false, "max_lease_ttl": 0 },
+        "description": mount.description,
+        "external_entropy_access": false,
+        "local": false,
+        "options": if mount.kind == "kv" { json!({ "version": "2" }) } else { Value::Null },
+        "plugin_version": "",
+        "running_plugin_version": "",
+        "running_sha256": "",
+        "seal_wrap": false,
+        "type": mount.kind,
+        "uuid": mount.uuid,
+    })
 }

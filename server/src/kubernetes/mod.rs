@@ -8,7 +8,6 @@ pub mod review;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use crate::clock::now_unix;
 use crate::core::Unsealed;
@@ -122,21 +121,6 @@ impl KubernetesConfig {
     fn issuer_to_check(&self) -> Option<&str> {
         (!self.issuer.is_empty() && !self.disable_iss_validation).then_some(self.issuer.as_str())
     }
-
-    /// What `GET config` shows: everything but the reviewer JWT.
-    pub fn public_view(&self) -> Value {
-        json!({
-            "kubernetes_host": self.kubernetes_host,
-            "kubernetes_ca_cert": self.kubernetes_ca_cert,
-            "pem_keys": self.pem_keys,
-            "jwks": self.jwks,
-            "issuer": self.issuer,
-            "disable_iss_validation": self.disable_iss_validation,
-            "disable_local_ca_jwt": self.disable_local_ca_jwt,
-            "verification": self.verification,
-            "token_reviewer_jwt_set": !self.token_reviewer_jwt.is_empty(),
-        })
-    }
 }
 
 impl Role {
@@ -182,20 +166,6 @@ impl Role {
             return Err(Error::bad_request("token_ttl cannot exceed token_max_ttl"));
         }
         Ok(())
-    }
-
-    pub fn to_json(&self) -> Value {
-        json!({
-            "bound_service_account_names": self.bound_service_account_names,
-            "bound_service_account_namespaces": self.bound_service_account_namespaces,
-            "audience": self.audience,
-            "token_policies": self.token_policies,
-            "policies": self.token_policies,
-            "token_ttl": self.token_ttl,
-            "token_max_ttl": self.token_max_ttl,
-            "ttl": self.token_ttl,
-            "max_ttl": self.token_max_ttl,
-        })
     }
 
     fn binds(list: &[String], value: &str) -> bool {
