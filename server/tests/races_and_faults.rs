@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use http::StatusCode;
 use kinko_server::core::{Core, InitRequest};
 use kinko_server::seal::FileSeal;
@@ -290,4 +291,42 @@ async fn replicas_reserving_nonce_blocks_at_once_each_get_their_own() {
         let read = first.get(&format!("/v1/secret/data/from-{i}"), ROOT).await;
         assert_eq!(read.body["data"]["data"]["i"], i);
     }
+}
+
+/// Issue 11: bodies were buffered before authentication, so a client without a token could
+/// hold a request slot and up to the body limit of memory. Now a request that needs a token
+/// is refused before its body is read, and token-less endpoints take small bodies only.
+#[tokio::test]
+async fn a_request_without_a_valid_token_is_refused_before_its_body_is_read() {
+    let s = TestServer::start().await;
+    for token in [None, Some("kks.not-a-token")] {
+        // A body that never ends: answering means it was not read.
+        let endless = futures::stream::once(async {
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"data\":"))
+        })
+        .chain(futures::stream::pending());
+        let mut request = http::Request::builder()
+            .method("POST")
+            .uri("/v1/secret/data/app");
+        if let Some(token) = token {
+            request = request.header("X-Vault-Token", token);
+        }
+        let request = request
+            .body(axum::body::Body::from_stream(endless))
+            .unwrap();
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), s.send(request))
+            .await
+            .expect("answered without waiting for the body");
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{token:?}");
+    }
+    let big_login = json!({ "role": "r", "jwt": "x".repeat(100 * 1024) });
+    let answer = s
+        .request("POST", "/v1/auth/kubernetes/login", None, Some(big_login))
+        .await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        answer.errors()[0].contains("65536"),
+        "{:?}",
+        answer.errors()
+    );
 }

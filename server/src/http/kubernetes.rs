@@ -32,19 +32,19 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
             )))
         }
         ("config", Operation::Read) => {
-            authorize(u, req, Capability::Read).await?;
+            authorize(req, Capability::Read)?;
             let config = kubernetes::read_config(u, mount)
                 .await?
                 .ok_or(Error::NotFound)?;
             Ok(Reply::Data(config_view(&config)))
         }
         ("config", Operation::Write) => {
-            authorize(u, req, Capability::Update).await?;
+            authorize(req, Capability::Update)?;
             kubernetes::write_config(u, mount, &config_from_body(&req.body)?).await?;
             Ok(Reply::NoContent)
         }
         ("role", Operation::List) => {
-            authorize(u, req, Capability::List).await?;
+            authorize(req, Capability::List)?;
             let keys = kubernetes::list_roles(u, mount).await?;
             if keys.is_empty() {
                 return Err(Error::NotFound);
@@ -57,19 +57,19 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
             };
             match op {
                 Operation::Read => {
-                    authorize(u, req, Capability::Read).await?;
+                    authorize(req, Capability::Read)?;
                     let role = kubernetes::read_role(u, mount, name)
                         .await?
                         .ok_or(Error::NotFound)?;
                     Ok(Reply::Data(role_view(&role)))
                 }
                 Operation::Write => {
-                    authorize(u, req, Capability::Update).await?;
+                    authorize(req, Capability::Update)?;
                     kubernetes::write_role(u, mount, name, &role_from_body(&req.body)?).await?;
                     Ok(Reply::NoContent)
                 }
                 Operation::Delete => {
-                    authorize(u, req, Capability::Delete).await?;
+                    authorize(req, Capability::Delete)?;
                     kubernetes::delete_role(u, mount, name).await?;
                     Ok(Reply::NoContent)
                 }

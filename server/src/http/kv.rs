@@ -16,7 +16,7 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
     let (area, key) = rest.split_once('/').unwrap_or((rest, ""));
     match (area, req.op) {
         ("data", Operation::Read) => {
-            authorize(u, req, Capability::Read).await?;
+            authorize(req, Capability::Read)?;
             let version =
                 match req.query.get("version") {
                     None => None,
@@ -33,7 +33,7 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
         ("data", Operation::Write) => {
             let data = data_object(req)?;
             let cas = cas_option(req)?;
-            authorize_create_or_update(u, req, || kv.exists(key)).await?;
+            authorize_create_or_update(req, || kv.exists(key)).await?;
             Ok(Reply::Data(kv.write(key, data, cas).await?))
         }
         ("data", Operation::Patch) => {
@@ -49,16 +49,16 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
             }
             let patch = data_object(req)?;
             let cas = cas_option(req)?;
-            authorize(u, req, Capability::Patch).await?;
+            authorize(req, Capability::Patch)?;
             Ok(Reply::Data(kv.patch(key, patch, cas).await?))
         }
         ("data", Operation::Delete) => {
-            authorize(u, req, Capability::Delete).await?;
+            authorize(req, Capability::Delete)?;
             kv.delete_latest(key).await?;
             Ok(Reply::NoContent)
         }
         ("metadata", Operation::List) => {
-            authorize(u, req, Capability::List).await?;
+            authorize(req, Capability::List)?;
             let keys = kv.list(key).await?;
             if keys.is_empty() {
                 return Err(Error::NotFound);
@@ -66,24 +66,24 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
             Ok(Reply::Data(json!({ "keys": keys })))
         }
         ("metadata", Operation::Read) => {
-            authorize(u, req, Capability::Read).await?;
+            authorize(req, Capability::Read)?;
             let (meta, _) = kv.metadata(key).await?.ok_or(Error::NotFound)?;
             Ok(Reply::Data(meta.to_json()))
         }
         ("metadata", Operation::Write) => {
             let update = metadata_update(req)?;
-            authorize_create_or_update(u, req, || kv.exists(key)).await?;
+            authorize_create_or_update(req, || kv.exists(key)).await?;
             kv.write_metadata(key, update).await?;
             Ok(Reply::NoContent)
         }
         ("metadata", Operation::Delete) => {
-            authorize(u, req, Capability::Delete).await?;
+            authorize(req, Capability::Delete)?;
             kv.delete_metadata(key).await?;
             Ok(Reply::NoContent)
         }
         ("delete" | "undelete" | "destroy", Operation::Write) => {
             let versions = req.body.u64_list("versions")?.unwrap_or_default();
-            authorize(u, req, Capability::Update).await?;
+            authorize(req, Capability::Update)?;
             let action = match area {
                 "delete" => VersionAction::Delete,
                 "undelete" => VersionAction::Undelete,
@@ -93,7 +93,7 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
             Ok(Reply::NoContent)
         }
         ("config", Operation::Read) if key.is_empty() => {
-            authorize(u, req, Capability::Read).await?;
+            authorize(req, Capability::Read)?;
             let config = kv.config().await?;
             Ok(Reply::Data(json!({
                 "cas_required": config.cas_required,
@@ -103,7 +103,7 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
         }
         ("config", Operation::Write) if key.is_empty() => {
             let update = metadata_update(req)?;
-            authorize(u, req, Capability::Update).await?;
+            authorize(req, Capability::Update)?;
             kv.set_config(update).await?;
             Ok(Reply::NoContent)
         }
@@ -145,12 +145,12 @@ fn metadata_update(req: &Req) -> Result<MetadataUpdate> {
 
 /// Vault's existence check: writing a new key needs `create`, an existing one `update`. The
 /// key is only looked up when the caller holds exactly one of the two.
-async fn authorize_create_or_update<F, Fut>(u: &Unsealed, req: &Req, exists: F) -> Result<()>
+async fn authorize_create_or_update<F, Fut>(req: &Req, exists: F) -> Result<()>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
 {
-    let (_, acl) = authenticate(u, req).await?;
+    let (_, acl) = authenticate(req)?;
     let create = acl.allows(&req.path, Capability::Create);
     let update = acl.allows(&req.path, Capability::Update);
     let allowed = match (create, update) {

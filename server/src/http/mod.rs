@@ -61,6 +61,8 @@ pub struct Req {
     pub query: HashMap<String, String>,
     pub headers: HeaderMap,
     pub body: Body,
+    /// The token's caller and ACL, for every endpoint that takes a token.
+    caller: Option<(Caller, Arc<Acl>)>,
 }
 
 impl Req {
@@ -144,7 +146,16 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
                 other => Error::BadRequest(format!("invalid request path: {other}")),
             },
         )?;
-    let bytes = axum::body::to_bytes(body, app.max_body_bytes)
+    // The token is checked before the body is read: without a valid one, nothing is buffered
+    // beyond the small limit of the endpoints that take no token.
+    let (caller, body_limit) = if is_unauthenticated(&path) {
+        (None, UNAUTHENTICATED_MAX_BODY_BYTES.min(app.max_body_bytes))
+    } else {
+        let unsealed = app.core.unsealed()?;
+        let caller = authenticate_token(&unsealed, &parts.headers).await?;
+        (Some(caller), app.max_body_bytes)
+    };
+    let bytes = axum::body::to_bytes(body, body_limit)
         .await
         .map_err(|error| {
             let error = error.into_inner();
@@ -155,8 +166,7 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
                 .any(|e| e.is::<http_body_util::LengthLimitError>());
             if over_limit {
                 Error::PayloadTooLarge(format!(
-                    "request body too large: the limit is {} bytes",
-                    app.max_body_bytes
+                    "request body too large: the limit is {body_limit} bytes"
                 ))
             } else {
                 // The client went away or sent a broken body: nothing to answer about size.
@@ -171,6 +181,7 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
         query,
         headers: parts.headers,
         body,
+        caller,
     })
 }
 
@@ -207,9 +218,27 @@ pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Who is calling and what their policies allow. Every failure is the same 403.
-pub async fn authenticate(unsealed: &Unsealed, req: &Req) -> Result<(Caller, Arc<Acl>)> {
-    let token = presented_token(&req.headers).ok_or(Error::PermissionDenied)?;
+/// Who is calling and what their policies allow, as authenticated once at the entry (before
+/// the body was read). Every failure is the same 403.
+pub fn authenticate(req: &Req) -> Result<(Caller, Arc<Acl>)> {
+    req.caller.clone().ok_or(Error::PermissionDenied)
+}
+
+/// Checks one capability on the request's own path.
+pub fn authorize(req: &Req, capability: Capability) -> Result<Caller> {
+    let (caller, acl) = authenticate(req)?;
+    if !acl.allows(&req.path, capability) {
+        return Err(Error::PermissionDenied);
+    }
+    Ok(caller)
+}
+
+/// Authenticates the presented token: once per request, so a limited-use token spends one use.
+async fn authenticate_token(
+    unsealed: &Unsealed,
+    headers: &HeaderMap,
+) -> Result<(Caller, Arc<Acl>)> {
+    let token = presented_token(headers).ok_or(Error::PermissionDenied)?;
     let caller = unsealed
         .tokens
         .authenticate(&unsealed.store, token)
@@ -222,14 +251,19 @@ pub async fn authenticate(unsealed: &Unsealed, req: &Req) -> Result<(Caller, Arc
     Ok((caller, acl))
 }
 
-/// Authenticates and checks one capability on the request's own path.
-pub async fn authorize(unsealed: &Unsealed, req: &Req, capability: Capability) -> Result<Caller> {
-    let (caller, acl) = authenticate(unsealed, req).await?;
-    if !acl.allows(&req.path, capability) {
-        return Err(Error::PermissionDenied);
+/// The endpoints that take no token: seal lifecycle and status, and logins.
+fn is_unauthenticated(path: &LogicalPath) -> bool {
+    let path = path.trimmed();
+    if let Some(sys) = path.strip_prefix("sys/") {
+        return matches!(sys, "health" | "seal-status" | "init" | "unseal" | "leader");
     }
-    Ok(caller)
+    path.strip_prefix("auth/")
+        .is_some_and(|rest| !rest.starts_with("token/") && rest.ends_with("/login"))
 }
+
+/// Bodies that may arrive without a token (a login's JWT, `sys/init`) are small; so an
+/// unauthenticated client can make the server buffer at most this much per request.
+pub const UNAUTHENTICATED_MAX_BODY_BYTES: usize = 64 * 1024;
 
 fn with_standard_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();

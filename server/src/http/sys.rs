@@ -50,17 +50,17 @@ async fn route_unsealed(app: &App, u: &Unsealed, req: &Req, rest: &str) -> Resul
     let (head, name) = rest.split_once('/').map_or((rest, ""), |(h, n)| (h, n));
     match (head, req.op) {
         ("seal", Operation::Write) => {
-            authorize(u, req, Capability::Sudo).await?;
+            authorize(req, Capability::Sudo)?;
             app.core.seal().await;
             Ok(Reply::NoContent)
         }
         ("rotate", Operation::Write) => {
-            authorize(u, req, Capability::Sudo).await?;
+            authorize(req, Capability::Sudo)?;
             u.store.rotate().await?;
             Ok(Reply::NoContent)
         }
         ("key-status", Operation::Read) => {
-            authorize(u, req, Capability::Read).await?;
+            authorize(req, Capability::Read)?;
             let keyring = u.store.keyring();
             let term = keyring.active_term();
             Ok(Reply::Compat(json!({
@@ -81,9 +81,9 @@ async fn route_unsealed(app: &App, u: &Unsealed, req: &Req, rest: &str) -> Resul
             None => Err(Error::NotFound),
         },
         ("auth", _) => auth_methods(u, req, name).await,
-        ("capabilities-self", Operation::Write) => capabilities_self(u, req).await,
+        ("capabilities-self", Operation::Write) => capabilities_self(req),
         ("metrics", Operation::Read) => {
-            authorize(u, req, Capability::Read).await?;
+            authorize(req, Capability::Read)?;
             Ok(Reply::Text(crate::metrics::METRICS.prometheus()))
         }
         _ => Err(Error::NotFound),
@@ -222,21 +222,19 @@ async fn policy_endpoint(u: &Unsealed, req: &Req, name: &str, text_field: &str) 
             return Err(Error::MethodNotAllowed);
         }
         authorize(
-            u,
             req,
             if req.op == Operation::List {
                 Capability::List
             } else {
                 Capability::Read
             },
-        )
-        .await?;
+        )?;
         let names = u.policies.list(&u.store).await?;
         return Ok(Reply::Compat(json!({ "keys": names, "policies": names })));
     }
     match req.op {
         Operation::Read => {
-            authorize(u, req, Capability::Read).await?;
+            authorize(req, Capability::Read)?;
             let text = if name == "root" {
                 String::new()
             } else {
@@ -250,7 +248,7 @@ async fn policy_endpoint(u: &Unsealed, req: &Req, name: &str, text_field: &str) 
             Ok(Reply::Compat(json!({ "name": name, text_field: text })))
         }
         Operation::Write => {
-            authorize(u, req, Capability::Update).await?;
+            authorize(req, Capability::Update)?;
             let text = match (req.body.str("policy")?, req.body.str("rules")?) {
                 (Some(text), _) | (None, Some(text)) => text,
                 (None, None) => {
@@ -261,7 +259,7 @@ async fn policy_endpoint(u: &Unsealed, req: &Req, name: &str, text_field: &str) 
             Ok(Reply::NoContent)
         }
         Operation::Delete => {
-            authorize(u, req, Capability::Delete).await?;
+            authorize(req, Capability::Delete)?;
             u.policies.delete(&u.store, name).await?;
             Ok(Reply::NoContent)
         }
@@ -288,7 +286,7 @@ async fn mounts(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
         if req.op != Operation::Read {
             return Err(Error::MethodNotAllowed);
         }
-        authorize(u, req, Capability::Read).await?;
+        authorize(req, Capability::Read)?;
         let mut all = Map::new();
         for mount in u.mounts.all().iter() {
             all.insert(mount.path.clone(), describe_mount(mount));
@@ -298,13 +296,13 @@ async fn mounts(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
     }
     match req.op {
         Operation::Read => {
-            authorize(u, req, Capability::Read).await?;
+            authorize(req, Capability::Read)?;
             let path = normalise_mount_path(name)?;
             let mount = u.mounts.get(&path).ok_or(Error::NotFound)?;
             Ok(Reply::Compat(describe_mount(&mount)))
         }
         Operation::Write => {
-            authorize(u, req, Capability::Update).await?;
+            authorize(req, Capability::Update)?;
             let path = normalise_mount_path(name)?;
             let kind = req
                 .body
@@ -336,7 +334,7 @@ async fn mounts(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
             Ok(Reply::NoContent)
         }
         Operation::Delete => {
-            authorize(u, req, Capability::Delete).await?;
+            authorize(req, Capability::Delete)?;
             let path = normalise_mount_path(name)?;
             if let Some(mount) = u.mounts.remove(&u.store, &path).await? {
                 u.store.delete_below(&mount.storage_prefix()).await?;
@@ -349,7 +347,7 @@ async fn mounts(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
 
 /// What the vault/bao CLI asks before every `kv` command: which mount, which KV version.
 async fn ui_mount(u: &Unsealed, req: &Req, path: &str) -> Result<Reply> {
-    let (_, acl) = authenticate(u, req).await?;
+    let (_, acl) = authenticate(req)?;
     if path.is_empty() {
         let mut secret = Map::new();
         for mount in u
@@ -390,7 +388,7 @@ fn token_auth_method() -> Value {
 async fn auth_methods(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
     match (name, req.op) {
         ("", Operation::Read) => {
-            authorize(u, req, Capability::Read).await?;
+            authorize(req, Capability::Read)?;
             let mut all = Map::new();
             all.insert("token/".into(), token_auth_method());
             for mount in u.auth.all().iter() {
@@ -400,7 +398,7 @@ async fn auth_methods(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
         }
         ("", _) => Err(Error::MethodNotAllowed),
         (_, Operation::Write) => {
-            authorize(u, req, Capability::Sudo).await?;
+            authorize(req, Capability::Sudo)?;
             let kind = req
                 .body
                 .str("type")?
@@ -418,7 +416,7 @@ async fn auth_methods(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
             Ok(Reply::NoContent)
         }
         (_, Operation::Delete) => {
-            authorize(u, req, Capability::Sudo).await?;
+            authorize(req, Capability::Sudo)?;
             let path = normalise_auth_path(name)?;
             if let Some(mount) = u.auth.remove(&u.store, &path).await? {
                 u.store.delete_below(&mount.storage_prefix()).await?;
@@ -426,7 +424,7 @@ async fn auth_methods(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
             Ok(Reply::NoContent)
         }
         (_, Operation::Read) => {
-            authorize(u, req, Capability::Read).await?;
+            authorize(req, Capability::Read)?;
             let path = normalise_auth_path(name)?;
             let mount = u.auth.get(&path).ok_or(Error::NotFound)?;
             Ok(Reply::Compat(describe_mount(&mount)))
@@ -435,8 +433,8 @@ async fn auth_methods(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
     }
 }
 
-async fn capabilities_self(u: &Unsealed, req: &Req) -> Result<Reply> {
-    let (_, acl) = authenticate(u, req).await?;
+fn capabilities_self(req: &Req) -> Result<Reply> {
+    let (_, acl) = authenticate(req)?;
     let paths = match (req.body.string_list("paths")?, req.body.str("path")?) {
         (Some(paths), _) => paths,
         (None, Some(path)) => vec![path.to_owned()],

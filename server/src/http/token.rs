@@ -13,12 +13,12 @@ pub async fn route(u: &Unsealed, req: &Req, rest: &str) -> Result<Reply> {
         ("create", Operation::Write) => create(u, req, false).await,
         ("create-orphan", Operation::Write) => create(u, req, true).await,
         ("lookup-self", Operation::Read | Operation::Write) => {
-            let caller = authorize(u, req, capability_for(req)).await?;
+            let caller = authorize(req, capability_for(req))?;
             let token = presented_token(&req.headers).unwrap_or_default();
             Ok(Reply::Data(lookup_data(Some(token), &caller.entry)))
         }
         ("lookup", Operation::Read | Operation::Write) => {
-            authorize(u, req, capability_for(req)).await?;
+            authorize(req, capability_for(req))?;
             let token = token_field(req)?;
             let (entry, _) = u
                 .tokens
@@ -28,7 +28,7 @@ pub async fn route(u: &Unsealed, req: &Req, rest: &str) -> Result<Reply> {
             Ok(Reply::Data(lookup_data(Some(&token), &entry)))
         }
         ("lookup-accessor", Operation::Write) => {
-            authorize(u, req, Capability::Update).await?;
+            authorize(req, Capability::Update)?;
             let accessor = accessor_field(req)?;
             let (_, entry) = u
                 .tokens
@@ -38,14 +38,14 @@ pub async fn route(u: &Unsealed, req: &Req, rest: &str) -> Result<Reply> {
             Ok(Reply::Data(lookup_data(None, &entry)))
         }
         ("renew-self", Operation::Write) => {
-            let caller = authorize(u, req, Capability::Update).await?;
+            let caller = authorize(req, Capability::Update)?;
             let increment = req.body.duration("increment")?;
             let entry = u.tokens.renew(&u.store, &caller.hash, increment).await?;
             let token = presented_token(&req.headers).unwrap_or_default();
             Ok(Reply::Auth(auth_block(token, &entry)))
         }
         ("renew", Operation::Write) => {
-            authorize(u, req, Capability::Update).await?;
+            authorize(req, Capability::Update)?;
             let token = token_field(req)?;
             let increment = req.body.duration("increment")?;
             let entry = u
@@ -55,18 +55,18 @@ pub async fn route(u: &Unsealed, req: &Req, rest: &str) -> Result<Reply> {
             Ok(Reply::Auth(auth_block(&token, &entry)))
         }
         ("revoke-self", Operation::Write) => {
-            let caller = authorize(u, req, Capability::Update).await?;
+            let caller = authorize(req, Capability::Update)?;
             u.tokens.revoke(&u.store, &caller.hash).await?;
             Ok(Reply::NoContent)
         }
         ("revoke", Operation::Write) => {
-            authorize(u, req, Capability::Update).await?;
+            authorize(req, Capability::Update)?;
             let token = token_field(req)?;
             u.tokens.revoke(&u.store, &u.tokens.hash(&token)).await?;
             Ok(Reply::NoContent)
         }
         ("revoke-accessor", Operation::Write) => {
-            authorize(u, req, Capability::Update).await?;
+            authorize(req, Capability::Update)?;
             let accessor = accessor_field(req)?;
             if let Some((hash, _)) = u.tokens.lookup_accessor(&u.store, &accessor).await? {
                 u.tokens.revoke(&u.store, &hash).await?;
@@ -107,7 +107,7 @@ fn accessor_field(req: &Req) -> Result<String> {
 }
 
 async fn create(u: &Unsealed, req: &Req, orphan_endpoint: bool) -> Result<Reply> {
-    let (caller, acl) = authenticate(u, req).await?;
+    let (caller, acl) = authenticate(req)?;
     if !acl.allows(&req.path, Capability::Update) && !acl.allows(&req.path, Capability::Create) {
         return Err(Error::PermissionDenied);
     }
