@@ -330,3 +330,42 @@ async fn a_request_without_a_valid_token_is_refused_before_its_body_is_read() {
         answer.errors()
     );
 }
+
+/// Only `auth/<mount>/login` itself takes no token: a role that happens to be named `login`
+/// is managed with a token like any other.
+#[tokio::test]
+async fn only_an_auth_methods_own_login_endpoint_is_token_less() {
+    let s = TestServer::start().await;
+    let enabled = s
+        .post(
+            "/v1/sys/auth/kubernetes",
+            ROOT,
+            json!({ "type": "kubernetes" }),
+        )
+        .await;
+    assert_eq!(enabled.status, StatusCode::NO_CONTENT, "{:?}", enabled.body);
+    let role = json!({
+        "bound_service_account_names": ["app"],
+        "bound_service_account_namespaces": ["prod"],
+        "audience": "kinko",
+    });
+    let written = s
+        .post("/v1/auth/kubernetes/role/login", ROOT, role.clone())
+        .await;
+    assert_eq!(written.status, StatusCode::NO_CONTENT, "{:?}", written.body);
+    let anonymous = s
+        .request("POST", "/v1/auth/kubernetes/role/login", None, Some(role))
+        .await;
+    assert_eq!(anonymous.status, StatusCode::FORBIDDEN);
+    // Without a token, the login endpoint is answered by the login handler itself.
+    let login = s
+        .request(
+            "POST",
+            "/v1/auth/kubernetes/login",
+            None,
+            Some(json!({ "role": "nope", "jwt": "x.y.z" })),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::BAD_REQUEST);
+    assert_eq!(login.errors(), ["invalid role name \"nope\""]);
+}

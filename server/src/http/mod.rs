@@ -148,7 +148,7 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
         )?;
     // The token is checked before the body is read: without a valid one, nothing is buffered
     // beyond the small limit of the endpoints that take no token.
-    let (caller, body_limit) = if is_unauthenticated(&path) {
+    let (caller, body_limit) = if is_unauthenticated(&app.core, &path) {
         (None, UNAUTHENTICATED_MAX_BODY_BYTES.min(app.max_body_bytes))
     } else {
         let unsealed = app.core.unsealed()?;
@@ -252,13 +252,23 @@ async fn authenticate_token(
 }
 
 /// The endpoints that take no token: seal lifecycle and status, and logins.
-fn is_unauthenticated(path: &LogicalPath) -> bool {
+/// `login` counts only as the login of an enabled auth method (`auth/<mount>/login`), not as a
+/// role or anything else that happens to be called `login`.
+fn is_unauthenticated(core: &Core, path: &LogicalPath) -> bool {
     let path = path.trimmed();
     if let Some(sys) = path.strip_prefix("sys/") {
         return matches!(sys, "health" | "seal-status" | "init" | "unseal" | "leader");
     }
-    path.strip_prefix("auth/")
-        .is_some_and(|rest| !rest.starts_with("token/") && rest.ends_with("/login"))
+    let Some(rest) = path.strip_prefix("auth/") else {
+        return false;
+    };
+    let Ok(unsealed) = core.unsealed() else {
+        return false; // answered "sealed" either way
+    };
+    unsealed
+        .auth
+        .resolve(rest)
+        .is_some_and(|(_, within)| within == "login")
 }
 
 /// Bodies that may arrive without a token (a login's JWT, `sys/init`) are small; so an
