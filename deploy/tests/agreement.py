@@ -406,7 +406,7 @@ def main():
         finally:
             moto.terminate()
             moto.wait()
-    print(f"agreement: {results['passed']} checks passed, {results['failed']} failed")
+    print(f"agreement: {results['passed']} passed, {results['failed']} failed")
     return 1 if results["failed"] else 0
 
 
