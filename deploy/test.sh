@@ -46,6 +46,18 @@ done
 echo "== deploy: kubernetes-validate (Kubernetes $k8s_version, strict)"
 python3 deploy/tests/validate.py "$k8s_version" "$out"/*.yaml
 
+echo "== deploy: webhook-cert.sh (the no-cert-manager alternative)"
+certs="$out/no-cert-manager/certs"
+deploy/scripts/webhook-cert.sh "$certs" 2>/dev/null
+openssl verify -CAfile "$certs/ca.crt" "$certs/kinko.crt" "$certs/kinko-injector.crt"
+python3 deploy/tests/validate.py "$k8s_version" "$certs/secrets.yaml"
+cat >"$out/no-cert-manager/kustomization.yaml" <<YAML
+resources: [../../../deploy/kubernetes/overlays/dev, certs/secrets.yaml]
+patches: [{path: certs/webhook-patch.yaml}]
+YAML
+kubectl kustomize "$out/no-cert-manager" | grep -q "caBundle: $(base64 -w0 <"$certs/ca.crt")"
+echo "webhook-cert.sh: certificates verify, Secrets valid, caBundle patch applies"
+
 echo "== deploy: checkov (kubernetes: rendered overlays; cloudformation: deploy/aws)"
 # --skip-download: no Prisma Cloud calls (no network here); --compact --quiet: failures only.
 # One run per framework (a rendered manifest is no CloudFormation), in parallel: most of
