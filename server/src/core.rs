@@ -277,7 +277,16 @@ impl Core {
         match self.storage.transact(ops).await {
             Ok(()) => {}
             Err(StorageError::Conflict { .. }) => return Err(Error::AlreadyInitialized),
-            Err(other) => return Err(other.into()),
+            Err(other) => {
+                // An ambiguous failure (a timeout after the commit) may hide a success; the
+                // stored cluster id tells, and losing these secrets would lose the cluster.
+                match self.seal_config().await {
+                    Ok(Some(stored)) if stored.cluster_id == cluster_id => {
+                        tracing::warn!(error = %other, "the init transaction reported an error but committed");
+                    }
+                    _ => return Err(other.into()),
+                }
+            }
         }
         // From here on nothing may fail: the root token and recovery keys exist only in this
         // result. So the unsealed state is built from what was just written, not read back.

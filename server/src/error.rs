@@ -33,6 +33,9 @@ pub enum Error {
     CasMismatch,
     #[error("check-and-set parameter required for this call")]
     CasRequired,
+    /// This replica sheds load (a bounded resource is full); nothing is wrong, retry later.
+    #[error("{0}")]
+    Overloaded(&'static str),
     /// A backend or seal could not be reached; the request may succeed later.
     #[error("{0}")]
     Unavailable(String),

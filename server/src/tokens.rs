@@ -89,6 +89,9 @@ pub struct Caller {
     /// The storage version of the entry as read: a child is created only if the parent is
     /// still at it (not revoked in between).
     pub version: u64,
+    /// The token had a use limit (its `entry.num_uses` is what is left after this use). As
+    /// in Vault, such a token creates no tokens: a child would escape the limit.
+    pub use_limited: bool,
 }
 
 pub struct TokenStore {
@@ -245,6 +248,7 @@ impl TokenStore {
                             hash: caller.hash,
                             entry,
                             version,
+                            use_limited: caller.use_limited,
                         });
                     }
                     Ok(Attempt::Conflict)
@@ -306,6 +310,7 @@ impl TokenStore {
                     hash,
                     entry,
                     version,
+                    use_limited: false,
                 }));
             }
         }
@@ -324,9 +329,10 @@ impl TokenStore {
                 hash,
                 entry,
                 version,
+                use_limited: false,
             }));
         }
-        let _queued = self.use_lock(&hash).await;
+        let queued = self.use_lock(&hash).await;
         let hash_ref = &hash;
         let spent = on_conflict("the token's use count", || async move {
             let hash = hash_ref;
@@ -334,7 +340,10 @@ impl TokenStore {
                 return Ok(Attempt::Done(None));
             };
             let mut spent = entry;
-            spent.num_uses -= 1;
+            let Some(left) = spent.num_uses.checked_sub(1) else {
+                return Ok(Attempt::Done(None)); // spent to nothing: refused like any other
+            };
+            spent.num_uses = left;
             // The last use marks the token revoked in the same conditional write, so no
             // concurrent request can also take it; the revocation below then cleans up.
             spent.revoked = spent.num_uses == 0;
@@ -349,17 +358,23 @@ impl TokenStore {
             )
         })
         .await?;
+        drop(queued);
         let Some((mut entry, version)) = spent else {
             return Ok(None);
         };
         if entry.revoked {
-            self.revoke(store, &hash).await?;
+            // The mark alone already refuses every later use; the cascade that deletes the
+            // token and its children must not cost this request its (last) use.
+            if let Err(error) = self.revoke(store, &hash).await {
+                tracing::warn!(%error, "deleting a spent token failed; it stays marked revoked");
+            }
             entry.revoked = false; // this request is the last use, and it is served
         }
         Ok(Some(Caller {
             hash,
             entry,
             version,
+            use_limited: true,
         }))
     }
 
@@ -411,11 +426,16 @@ impl TokenStore {
     async fn delete_one(&self, store: &EncryptedStorage, hash: &str) -> Result<()> {
         let entry: Option<(TokenEntry, u64)> =
             store.get_json(&format!("{ID_PREFIX}{hash}")).await?;
+        let Some((entry, _)) = entry else {
+            // Unknown (or already deleted): writing a delete would only leave a tombstone.
+            self.entries.remove(hash);
+            return Ok(());
+        };
         let mut writes = vec![Write::delete(
             format!("{ID_PREFIX}{hash}"),
             Precondition::None,
         )];
-        if let Some((entry, _)) = entry {
+        {
             writes.push(Write::delete(
                 format!("{ACCESSOR_PREFIX}{}", entry.accessor),
                 Precondition::None,

@@ -770,3 +770,75 @@ async fn an_n_use_token_serves_exactly_n_concurrent_requests() {
         }
     }
 }
+
+/// Review of issue 11: a use-limited token minted an unlimited orphan with its one use.
+#[tokio::test]
+async fn a_use_limited_token_cannot_create_tokens() {
+    let s = TestServer::start().await;
+    s.write_policy(
+        "minter",
+        r#"path "auth/token/create*" { capabilities = ["update", "sudo"] }"#,
+    )
+    .await;
+    for uses in [1u64, 3] {
+        for endpoint in ["/v1/auth/token/create", "/v1/auth/token/create-orphan"] {
+            let created = s
+                .post(
+                    "/v1/auth/token/create",
+                    ROOT,
+                    json!({ "policies": ["minter"], "num_uses": uses }),
+                )
+                .await;
+            let limited = created.body["auth"]["client_token"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let child = s.post(endpoint, &limited, json!({ "ttl": "1h" })).await;
+            assert_eq!(
+                child.status,
+                StatusCode::BAD_REQUEST,
+                "{uses} uses, {endpoint}"
+            );
+            assert_eq!(
+                child.errors(),
+                ["restricted use token cannot generate child tokens"]
+            );
+        }
+    }
+}
+
+/// Review of issue 11: `sys/capabilities-self` answered any token; Vault requires `update`
+/// on it (the default policy grants that).
+#[tokio::test]
+async fn capabilities_self_needs_its_policy() {
+    let s = TestServer::start().await;
+    s.write_policy(
+        "reader",
+        r#"path "secret/data/*" { capabilities = ["read"] }"#,
+    )
+    .await;
+    let bare = s
+        .post(
+            "/v1/auth/token/create",
+            ROOT,
+            json!({ "policies": ["reader"], "no_default_policy": true }),
+        )
+        .await;
+    let bare = bare.body["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let question = json!({ "paths": ["secret/data/x"] });
+    assert_eq!(
+        s.post("/v1/sys/capabilities-self", &bare, question.clone())
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let with_default = s.token(&["reader"]).await;
+    let answer = s
+        .post("/v1/sys/capabilities-self", &with_default, question)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body["data"]["secret/data/x"], json!(["read"]));
+}

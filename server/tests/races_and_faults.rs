@@ -21,6 +21,8 @@ struct FlakyStorage {
     inner: SqliteStorage,
     fail_reads: AtomicBool,
     fail_after_commit: AtomicBool,
+    /// Report the next transaction as failed although it committed (a timeout after the commit).
+    lie_once: AtomicBool,
 }
 
 #[async_trait]
@@ -45,6 +47,11 @@ impl Storage for FlakyStorage {
 
     async fn transact(&self, ops: Vec<Op>) -> Result<(), StorageError> {
         self.inner.transact(ops).await?;
+        if self.lie_once.swap(false, Ordering::SeqCst) {
+            return Err(StorageError::Unavailable(
+                "timed out waiting for the answer".into(),
+            ));
+        }
         if self.fail_after_commit.load(Ordering::SeqCst) {
             self.fail_reads.store(true, Ordering::SeqCst);
         }
@@ -57,6 +64,7 @@ fn flaky_core(dir: &std::path::Path) -> (Arc<Core>, Arc<FlakyStorage>) {
         inner: SqliteStorage::open(&dir.join("kinko.db")).unwrap(),
         fail_reads: AtomicBool::new(false),
         fail_after_commit: AtomicBool::new(true),
+        lie_once: AtomicBool::new(false),
     });
     let seal = FileSeal::new(&dir.join("seal.key"));
     seal.ensure_key().unwrap();
@@ -102,6 +110,38 @@ async fn init_returns_its_secrets_even_when_storage_fails_right_after_the_commit
             .status,
         StatusCode::OK,
         "the secret/ mount was installed from what init wrote"
+    );
+}
+
+/// Review of issue 11: a commit whose answer was lost (a timeout after the commit) made init
+/// return an error, and the retry "already initialized": the root token was gone for good.
+#[tokio::test]
+async fn init_that_committed_behind_a_lost_answer_still_returns_its_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (core, storage) = flaky_core(dir.path());
+    storage.fail_after_commit.store(false, Ordering::SeqCst);
+    storage.lie_once.store(true, Ordering::SeqCst);
+    let init = core
+        .initialize(InitRequest {
+            recovery_shares: 1,
+            recovery_threshold: 1,
+            root_token: None,
+            mount_secret_kv: true,
+        })
+        .await
+        .expect("the commit is recognised by its cluster id");
+    let router = kinko_server::http::router(core.clone(), 1024 * 1024);
+    let s = TestServer {
+        router,
+        core,
+        dir,
+        recovery_keys: vec![],
+    };
+    assert_eq!(
+        s.get("/v1/auth/token/lookup-self", init.root_token.expose())
+            .await
+            .status,
+        StatusCode::OK
     );
 }
 
@@ -319,6 +359,14 @@ async fn a_request_without_a_valid_token_is_refused_before_its_body_is_read() {
             .expect("answered without waiting for the body");
         assert_eq!(answer.status, StatusCode::FORBIDDEN, "{token:?}");
     }
+    let enabled = s
+        .post(
+            "/v1/sys/auth/kubernetes",
+            ROOT,
+            json!({ "type": "kubernetes" }),
+        )
+        .await;
+    assert_eq!(enabled.status, StatusCode::NO_CONTENT);
     let big_login = json!({ "role": "r", "jwt": "x".repeat(100 * 1024) });
     let answer = s
         .request("POST", "/v1/auth/kubernetes/login", None, Some(big_login))
@@ -368,4 +416,82 @@ async fn only_an_auth_methods_own_login_endpoint_is_token_less() {
         .await;
     assert_eq!(login.status, StatusCode::BAD_REQUEST);
     assert_eq!(login.errors(), ["invalid role name \"nope\""]);
+}
+
+/// Review of issue 11: token-less requests (logins trickling their bodies) could take every
+/// request slot. They have a budget of their own; token holders are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_token_less_requests_does_not_starve_token_holders() {
+    let s = Arc::new(TestServer::start().await);
+    let enabled = s
+        .post(
+            "/v1/sys/auth/kubernetes",
+            ROOT,
+            json!({ "type": "kubernetes" }),
+        )
+        .await;
+    assert_eq!(enabled.status, StatusCode::NO_CONTENT);
+    let endless_login = || {
+        let body = futures::stream::once(async {
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"role\":"))
+        })
+        .chain(futures::stream::pending());
+        http::Request::builder()
+            .method("POST")
+            .uri("/v1/auth/kubernetes/login")
+            .body(axum::body::Body::from_stream(body))
+            .unwrap()
+    };
+    let hanging: Vec<_> = (0..kinko_server::http::MAX_TOKEN_LESS_IN_FLIGHT)
+        .map(|_| {
+            let (s, request) = (s.clone(), endless_login());
+            tokio::spawn(async move { s.send(request).await })
+        })
+        .collect();
+    // Every slot taken: the next token-less request is shed at once...
+    let shed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let answer = s
+                .request("POST", "/v1/auth/kubernetes/login", None, Some(json!({})))
+                .await;
+            if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+                return answer;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("shed within the bound");
+    assert!(
+        shed.errors()[0].contains("without a token"),
+        "{:?}",
+        shed.errors()
+    );
+    // ...while a token holder is served.
+    assert_eq!(
+        s.get("/v1/auth/token/lookup-self", ROOT).await.status,
+        StatusCode::OK
+    );
+    for task in hanging {
+        task.abort();
+    }
+    let again = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let answer = s
+                .request(
+                    "POST",
+                    "/v1/auth/kubernetes/login",
+                    None,
+                    Some(json!({ "role": "nope", "jwt": "x" })),
+                )
+                .await;
+            if answer.status != StatusCode::SERVICE_UNAVAILABLE {
+                return answer.status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("slots come back");
+    assert_eq!(again, StatusCode::BAD_REQUEST);
 }

@@ -33,7 +33,14 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
         ("data", Operation::Write) => {
             let data = data_object(req)?;
             let cas = cas_option(req)?;
-            authorize_create_or_update(req, || kv.exists(key)).await?;
+            let grant = authorize_create_or_update(req, || kv.exists(key)).await?;
+            // Allowed by `create` alone: the write must still create, even if another writer
+            // created the key since the existence check.
+            let cas = if grant == Grant::CreateOnly {
+                Some(0)
+            } else {
+                cas
+            };
             Ok(Reply::Data(kv.write(key, data, cas).await?))
         }
         ("data", Operation::Patch) => {
@@ -145,7 +152,7 @@ fn metadata_update(req: &Req) -> Result<MetadataUpdate> {
 
 /// Vault's existence check: writing a new key needs `create`, an existing one `update`. The
 /// key is only looked up when the caller holds exactly one of the two.
-async fn authorize_create_or_update<F, Fut>(req: &Req, exists: F) -> Result<()>
+async fn authorize_create_or_update<F, Fut>(req: &Req, exists: F) -> Result<Grant>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
@@ -153,15 +160,19 @@ where
     let (_, acl) = authenticate(req)?;
     let create = acl.allows(&req.path, Capability::Create);
     let update = acl.allows(&req.path, Capability::Update);
-    let allowed = match (create, update) {
-        (true, true) => true,
-        (false, false) => false,
-        (true, false) => !exists().await?,
-        (false, true) => exists().await?,
+    let grant = match (create, update) {
+        (true, true) => Some(Grant::Both),
+        (false, false) => None,
+        (true, false) => (!exists().await?).then_some(Grant::CreateOnly),
+        (false, true) => exists().await?.then_some(Grant::UpdateOnly),
     };
-    if allowed {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied)
-    }
+    grant.ok_or(Error::PermissionDenied)
+}
+
+/// Which of `create` and `update` let a write through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    Both,
+    CreateOnly,
+    UpdateOnly,
 }

@@ -34,12 +34,19 @@ pub use crate::config::DEFAULT_MAX_BODY_BYTES;
 pub struct App {
     pub core: Arc<Core>,
     pub max_body_bytes: usize,
+    /// Requests without a token (logins, init, unseal, status) in flight at once: a flood of
+    /// them cannot take the request slots that token holders need.
+    token_less: Arc<tokio::sync::Semaphore>,
 }
+
+/// See [`App`]; logins wait on TokenReview, so this leaves room for a rollout's burst.
+pub const MAX_TOKEN_LESS_IN_FLIGHT: usize = 128;
 
 pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
     Router::new().fallback(entry).with_state(App {
         core,
         max_body_bytes,
+        token_less: Arc::new(tokio::sync::Semaphore::new(MAX_TOKEN_LESS_IN_FLIGHT)),
     })
 }
 
@@ -63,6 +70,8 @@ pub struct Req {
     pub body: Body,
     /// The token's caller and ACL, for every endpoint that takes a token.
     caller: Option<(Caller, Arc<Acl>)>,
+    /// Held while a token-less request is served.
+    _token_less_permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Req {
@@ -148,12 +157,18 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
         )?;
     // The token is checked before the body is read: without a valid one, nothing is buffered
     // beyond the small limit of the endpoints that take no token.
-    let (caller, body_limit) = if is_unauthenticated(&app.core, &path) {
-        (None, UNAUTHENTICATED_MAX_BODY_BYTES.min(app.max_body_bytes))
+    let (caller, token_less_permit, body_limit) = if is_unauthenticated(&app.core, &path) {
+        let permit = app
+            .token_less
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded("too many requests without a token in flight"))?;
+        let limit = UNAUTHENTICATED_MAX_BODY_BYTES.min(app.max_body_bytes);
+        (None, Some(permit), limit)
     } else {
         let unsealed = app.core.unsealed()?;
         let caller = authenticate_token(&unsealed, &parts.headers).await?;
-        (Some(caller), app.max_body_bytes)
+        (Some(caller), None, app.max_body_bytes)
     };
     let bytes = axum::body::to_bytes(body, body_limit)
         .await
@@ -182,6 +197,7 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
         headers: parts.headers,
         body,
         caller,
+        _token_less_permit: token_less_permit,
     })
 }
 
@@ -370,6 +386,10 @@ pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Respo
                 Error::PayloadTooLarge(message) => {
                     (StatusCode::PAYLOAD_TOO_LARGE, vec![message.clone()])
                 }
+                Error::Overloaded(reason) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    vec![format!("{reason}; retry later")],
+                ),
                 Error::Sealed => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     vec!["Vault is sealed".into()],

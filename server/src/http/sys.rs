@@ -76,9 +76,12 @@ async fn route_unsealed(app: &App, u: &Unsealed, req: &Req, rest: &str) -> Resul
         },
         ("policy", _) => policy_endpoint(u, req, name, "rules").await,
         ("mounts", _) => mounts(u, req, name).await,
-        ("internal", Operation::Read) => match name.strip_prefix("ui/mounts") {
-            Some(mount) => ui_mount(u, req, mount.trim_start_matches('/')).await,
-            None => Err(Error::NotFound),
+        ("internal", Operation::Read) => match name {
+            "ui/mounts" => ui_mount(u, req, "").await,
+            _ => match name.strip_prefix("ui/mounts/") {
+                Some(mount) => ui_mount(u, req, mount).await,
+                None => Err(Error::NotFound),
+            },
         },
         ("auth", _) => auth_methods(u, req, name).await,
         ("capabilities-self", Operation::Write) => capabilities_self(req),
@@ -179,7 +182,12 @@ async fn init(app: &App, req: &Req) -> Result<Reply> {
         root_token: None,
         mount_secret_kv: false,
     };
-    let result = app.core.initialize(request).await?;
+    // On its own task: a client that disconnects (or the request timeout) must not cut init
+    // off between its commit and the answer that carries the only copy of its secrets.
+    let core = app.core.clone();
+    let result = tokio::spawn(async move { core.initialize(request).await })
+        .await
+        .map_err(|e| Error::Internal(format!("initialisation task failed: {e}")))??;
     let hex_keys: Vec<&str> = result.recovery_keys.iter().map(|k| k.expose()).collect();
     let base64_keys: Vec<String> = hex_keys
         .iter()
@@ -434,6 +442,8 @@ async fn auth_methods(u: &Unsealed, req: &Req, name: &str) -> Result<Reply> {
 }
 
 fn capabilities_self(req: &Req) -> Result<Reply> {
+    // As in Vault: the default policy grants this; a token without it may not ask.
+    authorize(req, Capability::Update)?;
     let (_, acl) = authenticate(req)?;
     let paths = match (req.body.string_list("paths")?, req.body.str("path")?) {
         (Some(paths), _) => paths,

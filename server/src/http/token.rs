@@ -111,6 +111,12 @@ async fn create(u: &Unsealed, req: &Req, orphan_endpoint: bool) -> Result<Reply>
     if !acl.allows(&req.path, Capability::Update) && !acl.allows(&req.path, Capability::Create) {
         return Err(Error::PermissionDenied);
     }
+    if caller.use_limited {
+        // Vault's rule: a child (or orphan) would escape the use limit.
+        return Err(Error::bad_request(
+            "restricted use token cannot generate child tokens",
+        ));
+    }
     if let Some(kind) = req.body.str("type")? {
         if kind != "service" && kind != "default" {
             return Err(Error::BadRequest(format!(
