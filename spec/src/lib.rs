@@ -240,10 +240,12 @@ pub fn parse_naming_flags<'a>(words: impl IntoIterator<Item = &'a str>) -> Resul
                 .ok_or_else(|| "--prefix needs a value".to_owned())?,
             other => match other.strip_prefix("--prefix=") {
                 Some(value) => value,
-                None => return Err(format!(
+                None => {
+                    return Err(format!(
                     "{:?} is not allowed: only --upcase, --sanitize, --no-prefix-path, --prefix X",
                     shorten(other)
-                )),
+                ))
+                }
             },
         };
         if prefix_seen {
