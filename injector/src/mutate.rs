@@ -497,9 +497,11 @@ impl AdmissionRequest {
 
         // Which containers: the listed ones, else every container (only those with kinko:
         // values when no secret is listed).
+        // Only selected containers are checked (`check_env` below): a sidecar of its own may
+        // well talk to Vault with VAULT_ADDR.
         let mut references = Vec::with_capacity(containers.len());
-        for (name, container) in &containers {
-            references.push(check_env(name, container)?);
+        for (_, container) in &containers {
+            references.push(count_references(container));
         }
         let mut chosen: Vec<(&'static str, usize)> = Vec::new();
         match text(CONTAINERS)? {
@@ -532,7 +534,6 @@ impl AdmissionRequest {
                         if init_containers.is_empty() { "none".to_owned() } else { have(&init_containers) }
                     ))
                 })?;
-                check_env(name, init_containers[index].1)?;
                 chosen.push(("initContainers", index));
             }
         }
@@ -592,6 +593,7 @@ impl AdmissionRequest {
             } else {
                 init_containers[index]
             };
+            check_env(name, container)?;
             let command = strings(name, container, "command")?.unwrap_or_default();
             let has_args = strings(name, container, "args")?.is_some_and(|a| !a.is_empty());
             for mount in array(container, "volumeMounts")? {
@@ -865,10 +867,23 @@ fn strings(
     }
 }
 
-/// Checks a container's `env`: no control variable, every `kinko:` value well-formed. Returns
-/// how many `kinko:` values it has.
-fn check_env(name: &str, container: &Map<String, Value>) -> Result<usize, Stop> {
-    let mut references = 0;
+/// How many `env` values of a container start with `kinko:` (well-formed or not).
+fn count_references(container: &Map<String, Value>) -> usize {
+    match container.get("env") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter(|item| {
+                item["value"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("kinko:"))
+            })
+            .count(),
+        _ => 0,
+    }
+}
+
+/// Checks a selected container's `env`: no control variable, every `kinko:` value well-formed.
+fn check_env(name: &str, container: &Map<String, Value>) -> Result<(), Stop> {
     for item in array(container, "env")? {
         let variable = item["name"].as_str().unwrap_or("");
         if CONTROL_VARIABLES.contains(&variable) {
@@ -879,8 +894,7 @@ fn check_env(name: &str, container: &Map<String, Value>) -> Result<usize, Stop> 
         }
         if let Some(value) = item["value"].as_str() {
             match parse_reference(variable, value) {
-                Ok(Some(_)) => references += 1,
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(e) => {
                     return Err(Stop::Denied(format!(
                         "container {}: {}",
@@ -891,7 +905,7 @@ fn check_env(name: &str, container: &Map<String, Value>) -> Result<usize, Stop> 
             }
         }
     }
-    Ok(references)
+    Ok(())
 }
 
 /// The comma-separated container names of an annotation; an empty item is an error.

@@ -650,6 +650,21 @@ fn names_the_injector_adds_are_not_taken_over() {
         let message = denied(&env);
         assert!(message.contains(variable), "{message}");
     }
+    // A container that is not selected may use Vault on its own.
+    let mut sidecar = fixture("multi-container-pod.json");
+    sidecar["request"]["object"]["spec"]["containers"][1]["env"] =
+        json!([{"name": "VAULT_ADDR", "value": "https://vault.example:8200"}]);
+    let pod = patched(&sidecar, &send(&sidecar));
+    check_only_injection_changed(
+        &sidecar["request"]["object"],
+        &pod,
+        &[("containers", "app")],
+    );
+    sidecar["request"]["object"]["metadata"]["annotations"]["kinko.io/containers"] =
+        json!("app,envoy");
+    sidecar["request"]["object"]["metadata"]["annotations"]["kinko.io/command-envoy"] =
+        json!("[\"/envoy\"]");
+    assert!(denied(&sidecar).contains("container envoy: env sets VAULT_ADDR"));
     let mut reference = fixture("deployment-pod.json");
     reference["request"]["object"]["spec"]["containers"][0]["env"][1]["value"] =
         json!("kinko:secret/payments/db");
