@@ -1,9 +1,10 @@
 //! envrun: fetch secrets from kinko and start a program with them as environment variables.
 //! By default it `execve`s the program (same PID: signals and exit codes are the program's own);
-//! `--supervise` keeps envrun as a parent that can re-fetch and restart.
+//! `--supervise` keeps envrun as a parent that can re-fetch and restart. `envrun install DIR`
+//! copies envrun and a CA bundle into a Pod's shared volume (the injector's init container).
 
+mod install;
 mod resolve;
-mod spec;
 mod supervise;
 
 use std::os::unix::process::CommandExt;
@@ -13,8 +14,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use kinko_spec::{parse_secret_spec, Naming, SecretSpec};
 use resolve::{Login, Plan, Resolver, Settings};
-use spec::{parse_secret_spec, Naming, SecretSpec};
 use supervise::{parse_on_change, OnChange, Supervisor};
 
 const DEFAULT_K8S_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -27,7 +28,8 @@ const DEFAULT_K8S_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceacco
     after_help = "Server: KINKO_ADDR / KINKO_CACERT (or VAULT_ADDR / VAULT_CACERT). Token: KINKO_TOKEN \
                   (or VAULT_TOKEN), --token-file, or --k8s-role. Inherited variables whose value is \
                   kinko:PATH#KEY[#VERSION] or kinko:sealed:v1:... are replaced by the secret. \
-                  Control variables (address, CA, token) never reach the program."
+                  Control variables (address, CA, token) never reach the program. \
+                  `envrun install DIR` copies envrun and the CA in KINKO_INSTALL_CA_PEM into DIR."
 )]
 struct Args {
     /// PATH (every key), or PATH#KEY[#VERSION][=NAME] (one key, optionally under NAME). Repeatable.
@@ -150,6 +152,25 @@ fn settings(args: &Args) -> Result<Settings, String> {
 }
 
 fn main() -> ExitCode {
+    // `envrun install DIR` (the injector's init container). Before this sub-command existed,
+    // a program could only follow `--`, so no earlier command line meant anything else.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "install") {
+        let rest: Option<Vec<String>> = argv[2..]
+            .iter()
+            .map(|a| a.to_str().map(str::to_owned))
+            .collect();
+        let result = rest
+            .ok_or_else(|| "DIR is not UTF-8".to_owned())
+            .and_then(|rest| install::run(&rest));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("envrun install: {message}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     if args.command.is_empty() && !args.dry_run {

@@ -10,7 +10,7 @@ use base64::Engine;
 use kinko_client::{Client, Error as ClientError, Method};
 use serde_json::{json, Map, Value};
 
-use crate::spec::{
+use kinko_spec::{
     parse_reference, value_text, Assembled, Naming, Reference, SecretRef, SecretSpec, SpecError,
 };
 

@@ -1,6 +1,10 @@
-//! What envrun is asked for, without I/O: `--secret` specs, `kinko:` references in inherited
-//! variables, the naming rules (prefix, upcase, sanitize, path prefix), and the final
-//! environment with its conflicts detected.
+//! kinko-spec: what to fetch from kinko, without I/O — `--secret` specs
+//! (`PATH`, `PATH#KEY[#VERSION][=NAME]`), `kinko:` references in variables, the naming rules
+//! (prefix, upcase, sanitize, path prefix) and their command-line flags, role names, and the
+//! final environment with its conflicts detected.
+//!
+//! Shared by envrun (which parses its command line with it) and kinko-injector (which checks a
+//! Pod's annotations with it and writes the same flags into the Pod), so both read one grammar.
 
 use std::collections::BTreeMap;
 
@@ -190,6 +194,100 @@ impl Naming {
     }
 }
 
+impl Naming {
+    /// The envrun flags that give this naming (the inverse of [`parse_naming_flags`]).
+    pub fn to_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if !self.prefix.is_empty() {
+            flags.push("--prefix".to_owned());
+            flags.push(self.prefix.clone());
+        }
+        if self.upcase {
+            flags.push("--upcase".to_owned());
+        }
+        if self.sanitize {
+            flags.push("--sanitize".to_owned());
+        }
+        if self.no_prefix_path {
+            flags.push("--no-prefix-path".to_owned());
+        }
+        flags
+    }
+}
+
+/// envrun's naming flags only: `--upcase`, `--sanitize`, `--no-prefix-path`, `--prefix X` (or
+/// `--prefix=X`, X of `A-Z a-z 0-9 _`). Anything else is an error naming the word.
+pub fn parse_naming_flags<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<Naming, String> {
+    let mut naming = Naming::default();
+    let mut words = words.into_iter();
+    let mut prefix_seen = false;
+    while let Some(word) = words.next() {
+        let prefix = match word {
+            "--upcase" => {
+                naming.upcase = true;
+                continue;
+            }
+            "--sanitize" => {
+                naming.sanitize = true;
+                continue;
+            }
+            "--no-prefix-path" => {
+                naming.no_prefix_path = true;
+                continue;
+            }
+            "--prefix" => words
+                .next()
+                .ok_or_else(|| "--prefix needs a value".to_owned())?,
+            other => match other.strip_prefix("--prefix=") {
+                Some(value) => value,
+                None => {
+                    return Err(format!(
+                    "{:?} is not allowed: only --upcase, --sanitize, --no-prefix-path, --prefix X",
+                    shorten(other)
+                ))
+                }
+            },
+        };
+        if prefix_seen {
+            return Err("--prefix is given twice".to_owned());
+        }
+        prefix_seen = true;
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(format!(
+                "--prefix {:?}: expected 1 to 64 of A-Z, a-z, 0-9, '_'",
+                shorten(prefix)
+            ));
+        }
+        naming.prefix = prefix.to_owned();
+    }
+    Ok(naming)
+}
+
+/// A role (or policy) name as the server accepts it: 1 to 128 of `A-Z a-z 0-9 - _ .`, not `.`
+/// or `..` (the same rule as `kinko_server::policy::validate_name`).
+pub fn is_valid_role_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name != "."
+        && name != ".."
+}
+
+/// At most 64 characters of `text`, for error messages about input of any size.
+pub fn shorten(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 /// The variables secrets produce, each remembering where it came from.
 #[derive(Default)]
 pub struct Assembled {
@@ -360,6 +458,45 @@ mod tests {
             .insert("DB".into(), "2".into(), "secret/b".into())
             .unwrap();
         assert_eq!(lenient.into_values()["DB"], "2");
+    }
+
+    #[test]
+    fn naming_flags_round_trip() {
+        let naming =
+            parse_naming_flags(["--upcase", "--prefix", "APP_", "--no-prefix-path"]).unwrap();
+        assert!(naming.upcase && naming.no_prefix_path && !naming.sanitize);
+        assert_eq!(naming.prefix, "APP_");
+        let again = parse_naming_flags(naming.to_flags().iter().map(String::as_str)).unwrap();
+        assert_eq!(again.to_flags(), naming.to_flags());
+        assert_eq!(
+            parse_naming_flags(["--prefix=X_", "--sanitize"])
+                .unwrap()
+                .prefix,
+            "X_"
+        );
+        for bad in [
+            &["--pristine"][..],
+            &["--allow-override"],
+            &["--prefix"],
+            &["--prefix", "a b"],
+            &["--prefix", "$(X)"],
+            &["--prefix", "A", "--prefix", "B"],
+            &["--", "sh"],
+            &["--token-file", "/x"],
+        ] {
+            assert!(parse_naming_flags(bad.iter().copied()).is_err(), "{bad:?}");
+        }
+        let long = "x".repeat(1 << 20);
+        let error = parse_naming_flags([long.as_str()]).unwrap_err();
+        assert!(error.len() < 200, "a huge word is not echoed whole");
+    }
+
+    #[test]
+    fn role_names() {
+        assert!(is_valid_role_name("payments-api.v2_x"));
+        for bad in ["", ".", "..", "a b", "a/b", "$(X)", &"r".repeat(129)] {
+            assert!(!is_valid_role_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

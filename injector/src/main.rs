@@ -1,0 +1,89 @@
+//! The `kinko-injector` binary: configuration from the environment, then HTTPS on
+//! `KINKO_INJECTOR_LISTEN_ADDR` through `kinko_tls::serve` (certificates re-read on renewal).
+//! Prints `kinko-injector listening on https://ADDR` on stdout once it accepts connections.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use kinko_injector::config::Config;
+use kinko_injector::http::{router, App};
+use kinko_injector::metrics::Metrics;
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail at start-up");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KINKO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("kinko-injector: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kinko-injector: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let tls = kinko_tls::server_config(&config.tls_cert, &config.tls_key)?;
+    if config.image_lookup {
+        tracing::warn!(
+            "KINKO_INJECTOR_IMAGE_LOOKUP: the registry ENTRYPOINT lookup is not built yet; \
+             containers without command are denied unless kinko.io/command-<container> is set"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(
+        kinko_addr = %config.settings.kinko_addr,
+        envrun_image = %config.settings.envrun_image,
+        excluded = ?config.settings.excluded_namespaces,
+        "kinko-injector configured"
+    );
+    let app = Arc::new(App {
+        settings: config.settings,
+        metrics: Metrics::default(),
+    });
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "kinko-injector listening on https://{address}")?;
+        out.flush()?;
+    }
+    kinko_tls::serve(
+        listener,
+        tls,
+        router(app),
+        kinko_tls::ServeLimits::default(),
+        shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
