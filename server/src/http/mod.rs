@@ -5,6 +5,7 @@
 mod body;
 mod kubernetes;
 mod kv;
+mod sealed;
 mod sys;
 mod token;
 
@@ -15,7 +16,7 @@ use axum::body::Body as AxumBody;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::Router;
-use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -104,6 +105,8 @@ async fn entry(State(app): State<App>, request: Request) -> Response {
 fn mount_type(path: &str) -> &'static str {
     if path.starts_with("sys/") {
         "system"
+    } else if path.starts_with("sealed/") {
+        "sealed"
     } else if path.starts_with("auth/token") {
         "token"
     } else if path.starts_with("auth/") {
@@ -191,6 +194,9 @@ async fn route(app: &App, req: &Req) -> Result<Reply> {
         return sys::route(app, req).await;
     }
     let unsealed = app.core.unsealed()?;
+    if let Some(rest) = path.strip_prefix("sealed/") {
+        return sealed::route(&unsealed, req, rest).await;
+    }
     if let Some(rest) = path.strip_prefix("auth/") {
         if let Some(rest) = rest.strip_prefix("token/") {
             return token::route(&unsealed, req, rest).await;
@@ -251,11 +257,18 @@ async fn authenticate_token(
     Ok((caller, acl))
 }
 
-/// The endpoints that take no token: seal lifecycle and status, and logins.
+/// The endpoints that take no token: seal lifecycle and status, logins, and the public keys
+/// of sealed values (`sealed/keys`, `sealed/keys/<namespace>/<service_account>`).
 fn is_unauthenticated(path: &LogicalPath) -> bool {
     let path = path.trimmed();
     if let Some(sys) = path.strip_prefix("sys/") {
         return matches!(sys, "health" | "seal-status" | "init" | "unseal" | "leader");
+    }
+    if path == "sealed/keys" {
+        return true;
+    }
+    if let Some(binding) = path.strip_prefix("sealed/keys/") {
+        return binding.split('/').count() == 2;
     }
     path.strip_prefix("auth/")
         .is_some_and(|rest| !rest.starts_with("token/") && rest.ends_with("/login"))
@@ -360,6 +373,10 @@ pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Respo
                 Error::PayloadTooLarge(message) => {
                     (StatusCode::PAYLOAD_TOO_LARGE, vec![message.clone()])
                 }
+                Error::TooManyRequests { .. } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    vec!["too many requests".into()],
+                ),
                 Error::Sealed => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     vec!["Vault is sealed".into()],
@@ -394,7 +411,13 @@ pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Respo
                     )
                 }
             };
-            json_response(status, &json!({ "errors": errors }))
+            let mut response = json_response(status, &json!({ "errors": errors }));
+            if let Error::TooManyRequests { retry_after } = error {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            response
         }
     }
 }
