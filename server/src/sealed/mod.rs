@@ -16,6 +16,7 @@
 //! epoch` gives the seed of `Kem::derive_keypair`; the cluster's Ed25519 signing key comes from
 //! info `"signing" NUL cluster`.
 
+pub mod offline;
 pub mod store;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
