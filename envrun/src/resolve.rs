@@ -337,7 +337,8 @@ impl Fetcher {
     }
 
     async fn unseal(&mut self, variable: &str, ciphertext: &str) -> Result<String, ResolveError> {
-        let body = json!({ "ciphertext": ciphertext });
+        // The server opens the value only for the variable it was sealed for.
+        let body = json!({ "ciphertext": ciphertext, "name": variable });
         let target = format!("{variable} (sealed value)");
         let answer = with_retries(self.retries, &target, || {
             self.client

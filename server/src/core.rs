@@ -76,6 +76,8 @@ pub struct Unsealed {
     pub review_clients: crate::kubernetes::review::ClientCache,
     /// State all KV mounts share: configuration cache, per-key write queues.
     pub kv: crate::kv::KvShared,
+    /// Sealed values: the sealing root secret once read, the `compare` rate limit.
+    pub sealing: crate::sealed::store::Sealing,
 }
 
 impl Unsealed {
@@ -105,6 +107,7 @@ impl Unsealed {
             auth,
             review_clients: Default::default(),
             kv: Default::default(),
+            sealing: Default::default(),
         }
     }
 }

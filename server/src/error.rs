@@ -23,6 +23,9 @@ pub enum Error {
     UnsupportedMediaType(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A per-token rate limit was reached; the client may try again after this many seconds.
+    #[error("too many requests")]
+    TooManyRequests { retry_after: u64 },
     #[error("Vault is sealed")]
     Sealed,
     #[error("Vault is not initialized")]

@@ -20,6 +20,7 @@ pub mod policies;
 pub mod policy;
 pub mod retry;
 pub mod seal;
+pub mod sealed;
 pub mod secret;
 pub mod server;
 pub mod shamir;

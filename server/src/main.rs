@@ -1,4 +1,7 @@
-//! The `kinko` binary: `kinko server` (production, configured by `KINKO_*`) and `kinko server --dev`.
+//! The `kinko` binary: `kinko server` (production, configured by `KINKO_*`), `kinko server --dev`,
+//! and the sealed-value tools `kinko seal` / `kinko sealed inspect`.
+
+mod seal_cli;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -42,11 +45,45 @@ enum Command {
         )]
         dev_root_token: Option<String>,
     },
+    /// Seal a value for one namespace + service account + variable name (safe to commit).
+    /// The value is read from stdin (one trailing newline dropped) or --from-file, never argv.
+    /// The key comes from --key (a saved `GET /v1/sealed/keys/<ns>/<sa>` response) or from the
+    /// server at KINKO_ADDR/KINKO_CACERT (VAULT_* fallbacks), and is used only if signed by the
+    /// pinned key (--fingerprint, or signing_key_fingerprint: in .kinko.yaml here or above).
+    Seal {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        /// The environment variable the value is for: only it can be resolved from the value.
+        #[arg(long)]
+        name: String,
+        /// A saved key response, for sealing offline.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The pinned signing key, `sha256:<hex>`.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Read the value from this file (exact bytes) instead of stdin.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+    },
+    /// Sealed-value tools.
+    Sealed {
+        #[command(subcommand)]
+        command: SealedCommand,
+    },
     /// Operator tasks.
     Operator {
         #[command(subcommand)]
         command: OperatorCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum SealedCommand {
+    /// Print the header of a sealed value (binding, epoch, plaintext length) without decrypting.
+    Inspect { value: String },
 }
 
 #[derive(Subcommand)]
@@ -141,6 +178,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             dev_root_token,
         } => serve(dev, data_dir, listen, dev_root_token).await,
+        Command::Seal {
+            namespace,
+            service_account,
+            name,
+            key,
+            fingerprint,
+            from_file,
+        } => {
+            seal_cli::seal(seal_cli::SealArgs {
+                namespace,
+                service_account,
+                name,
+                key,
+                fingerprint,
+                from_file,
+            })
+            .await
+        }
+        Command::Sealed {
+            command: SealedCommand::Inspect { value },
+        } => seal_cli::inspect(&value),
         Command::Operator {
             command: OperatorCommand::CreateTable { table },
         } => {

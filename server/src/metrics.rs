@@ -16,6 +16,7 @@ pub struct Metrics {
     dynamodb_requests: [AtomicU64; DYNAMODB_OPERATIONS.len()],
     aws_retries: AtomicU64,
     conflict_retries: AtomicU64,
+    sealed_decrypts: [AtomicU64; 2],
 }
 
 /// The DynamoDB API calls the storage backend makes; each is counted per attempt.
@@ -50,6 +51,7 @@ pub static METRICS: Metrics = Metrics {
     dynamodb_requests: [const { AtomicU64::new(0) }; DYNAMODB_OPERATIONS.len()],
     aws_retries: AtomicU64::new(0),
     conflict_retries: AtomicU64::new(0),
+    sealed_decrypts: [const { AtomicU64::new(0) }; 2],
 };
 
 impl Metrics {
@@ -92,6 +94,12 @@ impl Metrics {
 
     pub fn conflict_retry(&self) {
         self.conflict_retries.fetch_add(1, Relaxed);
+    }
+
+    /// A sealed value opened by `sealed/decrypt`: of the current epoch, or an older one (a
+    /// sign that the repository still holds values to rewrap).
+    pub fn sealed_decrypt(&self, current_epoch: bool) {
+        self.sealed_decrypts[usize::from(!current_epoch)].fetch_add(1, Relaxed);
     }
 
     pub fn prometheus(&self) -> String {
@@ -149,6 +157,11 @@ impl Metrics {
                 &["succeeded", "refused"],
                 [&self.logins_succeeded, &self.logins_refused],
             ),
+        );
+        counter(
+            "kinko_sealed_decrypt_total",
+            "Sealed values decrypted, by the age of their epoch.",
+            &by_label("epoch_age", &["current", "old"], &self.sealed_decrypts),
         );
         out
     }

@@ -5,6 +5,7 @@
 mod body;
 mod kubernetes;
 mod kv;
+mod sealed;
 mod sys;
 mod token;
 
@@ -15,7 +16,7 @@ use axum::body::Body as AxumBody;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::Router;
-use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -113,6 +114,8 @@ async fn entry(State(app): State<App>, request: Request) -> Response {
 fn mount_type(path: &str) -> &'static str {
     if path.starts_with("sys/") {
         "system"
+    } else if path.starts_with("sealed/") {
+        "sealed"
     } else if path.starts_with("auth/token") {
         "token"
     } else if path.starts_with("auth/") {
@@ -207,6 +210,9 @@ async fn route(app: &App, req: &Req) -> Result<Reply> {
         return sys::route(app, req).await;
     }
     let unsealed = app.core.unsealed()?;
+    if let Some(rest) = path.strip_prefix("sealed/") {
+        return sealed::route(&unsealed, req, rest).await;
+    }
     if let Some(rest) = path.strip_prefix("auth/") {
         if let Some(rest) = rest.strip_prefix("token/") {
             return token::route(&unsealed, req, rest).await;
@@ -267,13 +273,20 @@ async fn authenticate_token(
     Ok((caller, acl))
 }
 
-/// The endpoints that take no token: seal lifecycle and status, and logins.
+/// The endpoints that take no token: seal lifecycle and status, logins, and the public keys
+/// of sealed values (`sealed/keys`, `sealed/keys/<namespace>/<service_account>`).
 /// `login` counts only as the login of an enabled auth method (`auth/<mount>/login`), not as a
 /// role or anything else that happens to be called `login`.
 fn is_unauthenticated(core: &Core, path: &LogicalPath) -> bool {
     let path = path.trimmed();
     if let Some(sys) = path.strip_prefix("sys/") {
         return matches!(sys, "health" | "seal-status" | "init" | "unseal" | "leader");
+    }
+    if path == "sealed/keys" {
+        return true;
+    }
+    if let Some(binding) = path.strip_prefix("sealed/keys/") {
+        return binding.split('/').count() == 2;
     }
     let Some(rest) = path.strip_prefix("auth/") else {
         return false;
@@ -390,6 +403,10 @@ pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Respo
                     StatusCode::SERVICE_UNAVAILABLE,
                     vec![format!("{reason}; retry later")],
                 ),
+                Error::TooManyRequests { .. } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    vec!["too many requests".into()],
+                ),
                 Error::Sealed => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     vec!["Vault is sealed".into()],
@@ -424,7 +441,13 @@ pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Respo
                     )
                 }
             };
-            json_response(status, &json!({ "errors": errors }))
+            let mut response = json_response(status, &json!({ "errors": errors }));
+            if let Error::TooManyRequests { retry_after } = error {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            response
         }
     }
 }

@@ -1,0 +1,199 @@
+//! The sealing state under the barrier: the root secret (`core/sealing-root`, created on first
+//! use) and the epochs (`core/sealed-epochs`), plus the per-token rate limit of `compare`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::SealingRoot;
+use crate::encrypted::{EncryptedStorage, Write};
+use crate::error::{Error, Result};
+use crate::retry::{on_conflict, settle};
+use crate::secret::Key256;
+use crate::storage::Precondition;
+
+pub const ROOT_PATH: &str = "core/sealing-root";
+pub const EPOCHS_PATH: &str = "core/sealed-epochs";
+
+/// `current` seals new values; values of an epoch below `retired_before` no longer open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Epochs {
+    pub current: u64,
+    pub retired_before: u64,
+}
+
+impl Default for Epochs {
+    fn default() -> Self {
+        Epochs {
+            current: 1,
+            retired_before: 0,
+        }
+    }
+}
+
+impl Epochs {
+    /// Whether a value sealed at `epoch` may still be opened.
+    pub fn opens(&self, epoch: u64) -> bool {
+        epoch >= 1 && epoch >= self.retired_before && epoch <= self.current
+    }
+}
+
+/// Per-replica state of the sealing feature; dropped (and zeroized) with the unsealed state.
+#[derive(Default)]
+pub struct Sealing {
+    root: tokio::sync::OnceCell<SealingRoot>,
+    compare_limit: RateLimit,
+}
+
+impl Sealing {
+    /// The root secret, read once (or created on first use, racing replicas agreeing on the
+    /// winner's through an `Absent` precondition).
+    pub async fn root(&self, store: &EncryptedStorage) -> Result<&SealingRoot> {
+        self.root
+            .get_or_try_init(|| async {
+                on_conflict("the sealing root secret", || async {
+                    if let Some(plain) = store.get(ROOT_PATH).await? {
+                        let key = Key256::from_slice(plain.bytes.expose()).ok_or_else(|| {
+                            Error::Internal("the stored sealing root secret is malformed".into())
+                        })?;
+                        return Ok(crate::retry::Attempt::Done(SealingRoot::new(key)));
+                    }
+                    let key = Key256::generate();
+                    let written = store
+                        .transact(vec![Write::Put {
+                            path: ROOT_PATH.to_owned(),
+                            value: Zeroizing::new(key.expose().to_vec()),
+                            precondition: Precondition::Absent,
+                        }])
+                        .await;
+                    // On a conflict another replica won: read its secret on the next attempt.
+                    settle(written, SealingRoot::new(key))
+                })
+                .await
+            })
+            .await
+    }
+
+    /// The epochs as stored (the defaults before the first rotation), with the version to
+    /// write against (`None`: absent).
+    pub async fn epochs(&self, store: &EncryptedStorage) -> Result<(Epochs, Option<u64>)> {
+        match store.get_json::<Epochs>(EPOCHS_PATH).await? {
+            Some((epochs, version)) => Ok((epochs, Some(version))),
+            None => Ok((Epochs::default(), None)),
+        }
+    }
+
+    /// Starts a new epoch; with `retire_before`, values of older epochs stop opening.
+    pub async fn rotate(
+        &self,
+        store: &EncryptedStorage,
+        retire_before: Option<u64>,
+    ) -> Result<Epochs> {
+        on_conflict("the sealing epochs", || async {
+            let (stored, version) = self.epochs(store).await?;
+            let current = stored.current + 1;
+            if current > super::MAX_EPOCH {
+                return Err(Error::bad_request("the sealing epoch cannot grow further"));
+            }
+            let retired_before = match retire_before {
+                None => stored.retired_before,
+                Some(m) if m > current => {
+                    return Err(Error::bad_request(
+                        "field \"retire_before\" must not be above the new epoch",
+                    ))
+                }
+                Some(m) => m.max(stored.retired_before),
+            };
+            let next = Epochs {
+                current,
+                retired_before,
+            };
+            let precondition = version.map_or(Precondition::Absent, Precondition::Version);
+            let written = store
+                .transact(vec![Write::put_json(EPOCHS_PATH, &next, precondition)])
+                .await;
+            settle(written, next)
+        })
+        .await
+    }
+
+    /// Counts one `compare` by the token `who`; `Err(seconds)` when over the limit.
+    pub fn spend_compare(&self, who: &str) -> std::result::Result<(), u64> {
+        self.compare_limit.spend(who, Instant::now())
+    }
+}
+
+/// Attempts of `sealed/compare` per token and window, on one replica.
+pub const COMPARE_LIMIT: u32 = 10;
+pub const COMPARE_WINDOW: Duration = Duration::from_secs(60);
+/// Tokens tracked at most; past it, expired windows are dropped first, then everything.
+const MAX_TRACKED: usize = 10_000;
+
+/// A fixed-window counter per token hash.
+#[derive(Default)]
+struct RateLimit {
+    windows: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl RateLimit {
+    fn spend(&self, who: &str, now: Instant) -> std::result::Result<(), u64> {
+        let mut windows = self.windows.lock().expect("rate limit lock poisoned");
+        if windows.len() >= MAX_TRACKED && !windows.contains_key(who) {
+            windows.retain(|_, (start, _)| now.duration_since(*start) < COMPARE_WINDOW);
+            if windows.len() >= MAX_TRACKED {
+                // Fail closed for newcomers rather than forget the counts of busy tokens.
+                return Err(COMPARE_WINDOW.as_secs());
+            }
+        }
+        let entry = windows.entry(who.to_owned()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= COMPARE_WINDOW {
+            *entry = (now, 0);
+        }
+        if entry.1 >= COMPARE_LIMIT {
+            let left = COMPARE_WINDOW.saturating_sub(now.duration_since(entry.0));
+            return Err(left.as_secs().max(1));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_counts_per_token_and_resets_after_the_window() {
+        let limit = RateLimit::default();
+        let start = Instant::now();
+        for _ in 0..COMPARE_LIMIT {
+            assert!(limit.spend("a", start).is_ok());
+        }
+        let wait = limit
+            .spend("a", start + Duration::from_secs(10))
+            .unwrap_err();
+        assert_eq!(wait, 50);
+        assert!(
+            limit.spend("b", start).is_ok(),
+            "another token has its own count"
+        );
+        assert!(limit.spend("a", start + COMPARE_WINDOW).is_ok());
+    }
+
+    #[test]
+    fn epochs_open_only_between_retired_and_current() {
+        let epochs = Epochs {
+            current: 3,
+            retired_before: 2,
+        };
+        assert!(!epochs.opens(0));
+        assert!(!epochs.opens(1));
+        assert!(epochs.opens(2));
+        assert!(epochs.opens(3));
+        assert!(!epochs.opens(4));
+    }
+}
