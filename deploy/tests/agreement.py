@@ -5,9 +5,11 @@
    rendered server Deployment (file paths mapped into a temp dir, the listen address onto a
    free loopback port) and gets past configuration (it listens, and warns about no unknown
    KINKO_ variable). Every file it is given lies under a volume the container mounts; files
-   it writes lie under a writable mount (the root filesystem is read-only). The injector's
-   variables are checked by name against its issue's list (its binary is not in the
-   workspace yet).
+   it writes lie under a writable mount (the root filesystem is read-only). The same for the
+   injector: the real kinko-injector binary started with the KINKO_INJECTOR_* variables of
+   each rendered injector Deployment gets past its own configuration parsing, reports no
+   unknown variable, and answers its manifest's liveness and readiness probes; a misspelt
+   variable is reported by name.
 2. probes: the liveness and readiness probes of the manifest, sent to a running server, give
    the kubelet's verdict the manifest promises: uninitialised and sealed replicas stay alive
    but not ready; an unsealed one is both.
@@ -16,7 +18,8 @@
    the calls the storage and seal code make; the encryption context key is the seal's; the
    IRSA trust names the rendered ServiceAccount; params.env maps onto the stack's outputs.
 
-Usage: agreement.py KINKO_BIN MOTO_SERVER RENDERED_DIR
+Usage: agreement.py KINKO_BIN MOTO_SERVER RENDERED_DIR [INJECTOR_BIN]
+(INJECTOR_BIN defaults to kinko-injector beside KINKO_BIN.)
 """
 import json
 import os
@@ -35,15 +38,6 @@ import yaml
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TEMPLATE = os.path.join(ROOT, "deploy", "aws", "kinko.yaml")
 PARAMS = os.path.join(ROOT, "deploy", "kubernetes", "overlays", "aws", "params.env")
-# From the injector's issue (#14 quotes it); TODO: parse with the injector's own config once
-# the kinko-injector crate is in the workspace.
-INJECTOR_VARS = {
-    "KINKO_INJECTOR_LISTEN_ADDR", "KINKO_INJECTOR_TLS_CERT_FILE", "KINKO_INJECTOR_TLS_KEY_FILE",
-    "KINKO_INJECTOR_KINKO_ADDR", "KINKO_INJECTOR_KINKO_CA_FILE", "KINKO_INJECTOR_ENVRUN_IMAGE",
-    "KINKO_INJECTOR_AUDIENCE", "KINKO_INJECTOR_TOKEN_EXPIRATION",
-    "KINKO_INJECTOR_EXCLUDED_NAMESPACES", "KINKO_INJECTOR_IMAGE_LOOKUP",
-    "KINKO_INJECTOR_REGISTRY_AUTH_FILE", "KINKO_INJECTOR_PLAIN_HTTP_REGISTRIES",
-}
 # Files the server writes (so they need a writable mount); all others it only reads.
 WRITES = {"KINKO_SQLITE_PATH", "KINKO_SEAL_KEY_FILE"}
 
@@ -116,11 +110,11 @@ class Server:
         self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                      stdout=open(self.out, "w"), stderr=open(self.err, "w"))
 
-    def wait_listening(self, timeout=60):
+    def wait_listening(self, timeout=60, program="kinko"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = open(self.out).read()
-            match = re.search(r"kinko listening on https://(\S+)", text)
+            match = re.search(re.escape(program) + r" listening on https://(\S+)", text)
             if match:
                 return match.group(1)
             if self.proc.poll() is not None:
@@ -230,6 +224,77 @@ def run_with_manifest_env(overlay, objects, workdir, extra_env, argv_bin):
         unknown = [l for l in server.stderr().splitlines() if "unknown KINKO_ variable" in l]
         check(not unknown, f"{overlay}: no KINKO_ variable is unknown to the server {unknown}")
     return server, address, container
+
+
+def injector_checks(overlay, objects, workdir, injector_bin):
+    """Starts kinko-injector with the rendered injector Deployment's variables (paths mapped
+    into a temp dir, the listen address onto a free loopback port): its own config parsing
+    accepts them, no variable is unknown to it, its probes answer; then a misspelt one."""
+    pod = find(objects, "Deployment", "kinko-injector")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == "https")
+    root = os.path.join(workdir, overlay + "-injector-root")
+    env = clean_env()
+    for var in container["env"]:
+        name = var["name"]
+        if not check("value" in var, f"{overlay}: injector {name} has a literal value"):
+            continue
+        value = var["value"]
+        if name == "KINKO_INJECTOR_LISTEN_ADDR":
+            check(value == f"0.0.0.0:{port}",
+                  f"{overlay}: KINKO_INJECTOR_LISTEN_ADDR {value} listens on the containerPort {port}")
+            value = f"127.0.0.1:{free_port()}"
+        elif value.startswith("/"):
+            check(any(value.startswith(m.rstrip("/") + "/") for m in mounts),
+                  f"{overlay}: injector {name}={value} lies under a volume mount")
+            value = root + value
+            os.makedirs(os.path.dirname(value), exist_ok=True)
+        env[name] = value
+    for needed in ("KINKO_INJECTOR_TLS_CERT_FILE", "KINKO_INJECTOR_TLS_KEY_FILE",
+                   "KINKO_INJECTOR_KINKO_CA_FILE"):
+        if not check(needed in env, f"{overlay}: the injector Deployment sets {needed}"):
+            return
+    self_signed(env["KINKO_INJECTOR_TLS_CERT_FILE"], env["KINKO_INJECTOR_TLS_KEY_FILE"])
+    with open(env["KINKO_INJECTOR_TLS_CERT_FILE"]) as src, \
+            open(env["KINKO_INJECTOR_KINKO_CA_FILE"], "w") as dst:
+        dst.write(src.read())
+    if not check(os.access(injector_bin, os.X_OK), f"{injector_bin} is built"):
+        return
+    names = sorted(k for k in env if k.startswith("KINKO_INJECTOR_"))
+    print(f"     {overlay}: kinko-injector with {', '.join(names)}")
+    for misspelt in (None, "KINKO_INJECTOR_IMAGE_LOKUP"):
+        run_env = dict(env)
+        if misspelt:
+            run_env[misspelt] = "false"
+            run_env["KINKO_INJECTOR_LISTEN_ADDR"] = f"127.0.0.1:{free_port()}"
+        name = overlay + ("-injector-misspelt" if misspelt else "-injector")
+        server = Server([injector_bin], run_env, workdir, name)
+        try:
+            address = server.wait_listening(program="kinko-injector")
+            check(address is not None,
+                  f"{name}: kinko-injector gets past configuration and listens"
+                  + ("" if address else f"; stderr: {server.stderr()[-600:]}"))
+            if not address:
+                continue
+            unknown = [l for l in server.stderr().splitlines()
+                       if "unknown KINKO_INJECTOR_ variable" in l]
+            if misspelt:
+                check(any(misspelt in l for l in unknown),
+                      f"{name}: the misspelt {misspelt} is reported {unknown}")
+                continue
+            check(not unknown, f"{name}: no variable is unknown to the injector {unknown}")
+            for kind in ("livenessProbe", "readinessProbe"):
+                probe = container[kind]["httpGet"]
+                check(probe["scheme"] == "HTTPS" and probe["port"] in ("https", port),
+                      f"{name}: {kind} is HTTPS on the https port")
+                code = status(address, probe["path"])
+                check(kubelet_success(code),
+                      f"{name}: {kind} {probe['path']} on a configured injector answers {code}")
+            code = status(address, "/mutate")
+            check(code == 405, f"{name}: GET /mutate answers {code} (405: POST only)")
+        finally:
+            server.stop()
 
 
 def dev_probes(kinko, workdir, container):
@@ -374,14 +439,13 @@ def aws_checks(kinko, moto_url, objects, workdir):
 
 def main():
     kinko, moto_server, rendered = sys.argv[1:4]
+    injector_bin = (sys.argv[4] if len(sys.argv) > 4
+                    else os.path.join(os.path.dirname(kinko), "kinko-injector"))
     overlays = {o: load_rendered(os.path.join(rendered, f"{o}.yaml")) for o in ("dev", "aws")}
     with tempfile.TemporaryDirectory(prefix="kinko-deploy-") as workdir:
-        # Injector: names only, until its binary is here.
+        # The injector: its own binary parses the rendered variables.
         for overlay, objects in overlays.items():
-            injector = find(objects, "Deployment", "kinko-injector")["spec"]["template"]["spec"]
-            names = {v["name"] for c in injector["containers"] for v in c.get("env", [])}
-            check(names <= INJECTOR_VARS,
-                  f"{overlay}: injector variables are all the injector's {sorted(names - INJECTOR_VARS)}")
+            injector_checks(overlay, objects, workdir, injector_bin)
 
         # dev overlay: SQLite + file seal, a fresh (uninitialised) cluster.
         server, address, container = run_with_manifest_env("dev", overlays["dev"], workdir, {}, kinko)

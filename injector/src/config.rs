@@ -28,7 +28,25 @@ pub struct Config {
     pub registry_auth_file: Option<PathBuf>,
     /// Registries (`host[:port]`) reached over plain HTTP for that lookup (tests, local mirrors).
     pub plain_http_registries: BTreeSet<String>,
+    /// `KINKO_INJECTOR_*` variables that are none of [`VARIABLES`] (misspelt?), reported at start.
+    pub unknown_variables: Vec<String>,
 }
+
+/// Every variable the injector reads.
+pub const VARIABLES: [&str; 12] = [
+    "KINKO_INJECTOR_LISTEN_ADDR",
+    "KINKO_INJECTOR_TLS_CERT_FILE",
+    "KINKO_INJECTOR_TLS_KEY_FILE",
+    "KINKO_INJECTOR_KINKO_ADDR",
+    "KINKO_INJECTOR_KINKO_CA_FILE",
+    "KINKO_INJECTOR_ENVRUN_IMAGE",
+    "KINKO_INJECTOR_AUDIENCE",
+    "KINKO_INJECTOR_TOKEN_EXPIRATION",
+    "KINKO_INJECTOR_EXCLUDED_NAMESPACES",
+    "KINKO_INJECTOR_IMAGE_LOOKUP",
+    "KINKO_INJECTOR_REGISTRY_AUTH_FILE",
+    "KINKO_INJECTOR_PLAIN_HTTP_REGISTRIES",
+];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{variable}: {problem}")]
@@ -104,6 +122,13 @@ impl Config {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let mut unknown_variables: Vec<String> = vars
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with("KINKO_INJECTOR_") && !VARIABLES.contains(&k.as_str()))
+            .map(|k| shorten(k))
+            .collect();
+        unknown_variables.sort();
         let own_namespace = vars
             .iter()
             .find(|(k, _)| k == "POD_NAMESPACE")
@@ -292,6 +317,7 @@ impl Config {
             image_lookup,
             registry_auth_file,
             plain_http_registries,
+            unknown_variables,
         })
     }
 }
@@ -363,6 +389,10 @@ mod tests {
         assert!(config.image_lookup);
         assert!(config.registry_auth_file.is_none());
         assert!(config.plain_http_registries.is_empty());
+        assert!(config.unknown_variables.is_empty());
+        let misspelt = with(&ca, &[("KINKO_INJECTOR_IMAGE_LOOKUPS", "false")]).unwrap();
+        assert_eq!(misspelt.unknown_variables, ["KINKO_INJECTOR_IMAGE_LOOKUPS"]);
+        assert!(misspelt.image_lookup, "a misspelt variable changes nothing");
     }
 
     #[test]

@@ -14,7 +14,8 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::metrics::Metrics;
-use crate::mutate::{self, ImageCommands, Settings};
+use crate::mutate::{self, ImageFailures, Settings};
+use crate::registry::Resolver;
 
 /// Request bodies at most: the API server sends objects of at most about 3 MiB.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -22,7 +23,12 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub struct App {
     pub settings: Settings,
     pub metrics: Metrics,
+    /// The registry lookup; `None` when `KINKO_INJECTOR_IMAGE_LOOKUP=false`.
+    pub registry: Option<Resolver>,
 }
+
+/// Why an image is not resolved when the lookup is off.
+pub const LOOKUP_OFF: &str = "the registry lookup is off (KINKO_INJECTOR_IMAGE_LOOKUP=false)";
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -79,9 +85,24 @@ async fn mutate_handler(State(app): State<Arc<App>>, request: Request) -> Respon
             return error(StatusCode::BAD_REQUEST, &bad.0);
         }
     };
-    // The registry lookup (resolving `parsed.images_to_resolve(..)`) is not built yet: every
-    // container without `command` or `kinko.io/command-<name>` is denied with the fix.
-    let review = parsed.review(&app.settings, &ImageCommands::new());
+    // Containers without `command` or `kinko.io/command-<name>` run their image's ENTRYPOINT:
+    // resolved from the registry, all at once and within the lookup's time bound.
+    let images = parsed.images_to_resolve(&app.settings);
+    let (found, failed) = match (&app.registry, images.is_empty()) {
+        (_, true) => Default::default(),
+        (Some(registry), false) => registry.resolve_all(images, &parsed.platform()).await,
+        (None, false) => (
+            Default::default(),
+            images
+                .into_iter()
+                .map(|image| (image, LOOKUP_OFF.to_owned()))
+                .collect::<ImageFailures>(),
+        ),
+    };
+    for (image, why) in &failed {
+        tracing::info!(uid = parsed.uid(), image = %kinko_spec::shorten(image), %why, "image lookup failed");
+    }
+    let review = parsed.review_with_failures(&app.settings, &found, &failed);
     app.metrics
         .record(review.outcome.label(), started.elapsed());
     match &review.message {

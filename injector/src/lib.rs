@@ -6,6 +6,8 @@
 //!   AdmissionReview response (with a JSON patch diffed from the raw JSON) out.
 //! - [`config`] — `KINKO_INJECTOR_*` variables.
 //! - [`http`] — the endpoints, served by `kinko_tls::serve`.
+//! - [`registry`] — the ENTRYPOINT/CMD lookup from an image's registry (the I/O the pure
+//!   decision leaves out).
 //! - [`metrics`] — reviews by outcome and latency, Prometheus text.
 //!
 //! Never depends on kinko-server: it shares only `kinko-spec` (the `--secret` grammar) with
@@ -15,3 +17,4 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod mutate;
+pub mod registry;

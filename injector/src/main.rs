@@ -9,6 +9,7 @@ use std::sync::Arc;
 use kinko_injector::config::Config;
 use kinko_injector::http::{router, App};
 use kinko_injector::metrics::Metrics;
+use kinko_injector::registry::Resolver;
 
 async fn shutdown_signal() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -51,13 +52,27 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let tls = kinko_tls::server_config(&config.tls_cert, &config.tls_key)?;
-    if config.image_lookup {
+    for name in &config.unknown_variables {
         tracing::warn!(
-            "KINKO_INJECTOR_IMAGE_LOOKUP: the registry ENTRYPOINT lookup is not built yet; \
-             containers without command are denied unless kinko.io/command-<container> is set"
+            variable = %name,
+            "unknown KINKO_INJECTOR_ variable {name} ignored (misspelt? known: {})",
+            kinko_injector::config::VARIABLES.join(", ")
         );
     }
+    let tls = kinko_tls::server_config(&config.tls_cert, &config.tls_key)?;
+    let registry = if config.image_lookup {
+        let resolver = Resolver::new(
+            config.registry_auth_file.as_deref(),
+            config.plain_http_registries.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("KINKO_INJECTOR_REGISTRY_AUTH_FILE: {e}"))?;
+        Some(resolver)
+    } else {
+        tracing::info!(
+            "KINKO_INJECTOR_IMAGE_LOOKUP=false: containers without command are denied unless kinko.io/command-<container> is set"
+        );
+        None
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -71,6 +86,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let app = Arc::new(App {
         settings: config.settings,
         metrics: Metrics::default(),
+        registry,
     });
     {
         let mut out = std::io::stdout().lock();

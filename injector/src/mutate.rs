@@ -99,6 +99,31 @@ pub struct ImageCommand {
 /// Resolved images, keyed by the image reference exactly as the Pod spells it.
 pub type ImageCommands = BTreeMap<String, ImageCommand>;
 
+/// Why an image could not be resolved, keyed like [`ImageCommands`]; quoted in the denial.
+pub type ImageFailures = BTreeMap<String, String>;
+
+/// The platform whose image a Pod runs: `os`/`architecture` as an OCI index spells them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Mutated,
@@ -262,12 +287,42 @@ impl AdmissionRequest {
         }
     }
 
+    /// The platform the Pod's images are resolved for: `spec.nodeSelector`'s
+    /// `kubernetes.io/os` and `kubernetes.io/arch`, else `linux/amd64`.
+    pub fn platform(&self) -> Platform {
+        let selector = &self.request["object"]["spec"]["nodeSelector"];
+        let pick = |key: &str, default: String| {
+            selector[key]
+                .as_str()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .unwrap_or(default)
+        };
+        let default = Platform::default();
+        Platform {
+            os: pick("kubernetes.io/os", default.os),
+            architecture: pick("kubernetes.io/arch", default.architecture),
+        }
+    }
+
     /// The decision, with `images` the ENTRYPOINT/CMD of images resolved from the registry.
     pub fn review(&self, settings: &Settings, images: &ImageCommands) -> Review {
+        self.review_with_failures(settings, images, &ImageFailures::new())
+    }
+
+    /// [`review`](Self::review), with why each image missing from `images` was not resolved
+    /// (quoted in the denial).
+    pub fn review_with_failures(
+        &self,
+        settings: &Settings,
+        images: &ImageCommands,
+        failures: &ImageFailures,
+    ) -> Review {
         let mut warnings = Warnings(Vec::new());
         let result = self
             .plan(settings, &mut warnings)
-            .and_then(|plan| self.mutated(&plan, settings, images));
+            .and_then(|plan| self.mutated(&plan, settings, images, failures));
         match result {
             Ok(after) => {
                 let before = &self.request["object"];
@@ -649,6 +704,7 @@ impl AdmissionRequest {
         plan: &Plan,
         settings: &Settings,
         images: &ImageCommands,
+        failures: &ImageFailures,
     ) -> Result<Value, Stop> {
         let mut after = self.request["object"].clone();
         let spec = after["spec"].as_object_mut().expect("checked in plan");
@@ -656,7 +712,7 @@ impl AdmissionRequest {
             let container = spec[target.list][target.index]
                 .as_object_mut()
                 .expect("checked in plan");
-            rewrite(container, target, plan, settings, images)?;
+            rewrite(container, target, plan, settings, images, failures)?;
         }
         push(
             spec,
@@ -709,6 +765,7 @@ fn rewrite(
     plan: &Plan,
     settings: &Settings,
     images: &ImageCommands,
+    failures: &ImageFailures,
 ) -> Result<(), Stop> {
     let mut command = vec![
         ENVRUN_PATH.to_owned(),
@@ -727,7 +784,11 @@ fn rewrite(
         Program::Command(words) | Program::Annotation(words) => command.extend(words.clone()),
         Program::Image(image) => {
             let Some(found) = images.get(image) else {
-                return Err(Stop::Denied(no_command(&target.name)));
+                let why = failures
+                    .get(image)
+                    .map(String::as_str)
+                    .unwrap_or("the registry lookup was not made");
+                return Err(Stop::Denied(no_command(&target.name, image, why)));
             };
             command.extend(found.entrypoint.iter().map(|w| literal(w)));
             if !target.has_args && !found.cmd.is_empty() {
@@ -768,10 +829,12 @@ fn rewrite(
 }
 
 /// The denial for a container whose program is its image ENTRYPOINT, unknown here.
-fn no_command(name: &str) -> String {
+fn no_command(name: &str, image: &str, why: &str) -> String {
     let name = shorten(name);
+    let image = shorten_message(image);
+    let why = shorten_message(why);
     format!(
-        "container {name} has no command (it relies on its image's ENTRYPOINT, which kinko could not resolve), \
+        "container {name} has no command (it relies on the ENTRYPOINT of image {image}, which kinko could not resolve: {why}), \
          so it cannot be started under envrun: set command (and args) for container {name} in the Pod spec, \
          or add the annotation {COMMAND_PREFIX}{name} with the program as a JSON array, e.g. \
          {COMMAND_PREFIX}{name}: '[\"/usr/local/bin/app\", \"serve\"]'"
