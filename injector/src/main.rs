@@ -11,16 +11,6 @@ use kinko_injector::http::{router, App};
 use kinko_injector::metrics::Metrics;
 use kinko_injector::registry::Resolver;
 
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler cannot fail at start-up");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
-    tracing::info!("shutting down: finishing requests in flight");
-}
-
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
@@ -98,7 +88,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tls,
         router(app),
         kinko_tls::ServeLimits::default(),
-        shutdown_signal(),
+        kinko_tls::shutdown_signal(),
     )
     .await?;
     Ok(())

@@ -131,16 +131,6 @@ fn harden_process() -> Result<(), String> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler cannot fail at start-up");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
-    tracing::info!("shutting down: finishing requests in flight");
-}
-
 fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
@@ -268,7 +258,14 @@ async fn serve(
         max_connections: config.max_connections,
         ..kinko_tls::ServeLimits::default()
     };
-    kinko_tls::serve(listener, parts.tls, router, limits, shutdown_signal()).await?;
+    kinko_tls::serve(
+        listener,
+        parts.tls,
+        router,
+        limits,
+        kinko_tls::shutdown_signal(),
+    )
+    .await?;
     parts.core.seal().await;
     Ok(())
 }

@@ -392,6 +392,18 @@ fn vault_error(status: StatusCode, message: &'static str) -> Response<Body> {
     response
 }
 
+/// The shutdown future both servers pass to [`serve`]: SIGTERM (Kubernetes stopping the Pod)
+/// or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail at start-up");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
