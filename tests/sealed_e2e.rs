@@ -202,3 +202,472 @@ async fn sealed_offline_by_the_cli_and_resolved_by_envrun_for_its_variable_only(
     );
     assert!(!out.exists(), "the program did not start");
 }
+
+/// `kinko ARGS` in `dir` against `server` (address and CA; a token when given), nothing else
+/// inherited from the environment.
+fn kinko_cli(dir: &std::path::Path, server: &Kinko, token: Option<&str>, args: &[&str]) -> Output {
+    let mut command = Command::new(binary("kinko"));
+    kinko_e2e::clear_kinko_env(&mut command);
+    for name in [
+        "VAULT_ADDR",
+        "VAULT_TOKEN",
+        "VAULT_CACERT",
+        "BAO_ADDR",
+        "BAO_TOKEN",
+    ] {
+        command.env_remove(name);
+    }
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("KINKO_ADDR", &server.addr)
+        .env("KINKO_CACERT", &server.ca);
+    if let Some(token) = token {
+        command.env("KINKO_TOKEN", token);
+    }
+    output(&mut command)
+}
+
+const MANIFEST: &str = "\
+# payments-api: the database password is sealed; LOG_LEVEL is not a secret.
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: payments-api
+  namespace: payments   # the namespace is part of the binding
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: payments-api}}
+  template:
+    metadata:
+      labels: {app: payments-api}
+      annotations:
+        kinko.io/inject: \"true\"
+    spec:
+      serviceAccountName: payments-api
+      containers:
+        - name: api
+          image: registry.example/payments-api:1.4.2
+          env:
+            - name: LOG_LEVEL
+              value: info
+            - name: DB_PASSWORD  # rotated 2026-11
+              value: kinko:plain:manifest-e2e-pw
+            - name: API_KEY
+              value: \"kinko:plain:manifest-e2e-key\"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: untouched, namespace: payments}
+data: {note: \"no marker here: only env values are sealed\"}
+";
+
+fn env_values(manifest: &str) -> Vec<(String, String)> {
+    kinko_server::sealed::manifest::sites(manifest)
+        .unwrap()
+        .into_iter()
+        .map(|site| match site.content {
+            kinko_server::sealed::manifest::Content::Sealed(v) => (site.name, v),
+            kinko_server::sealed::manifest::Content::Plain(_) => {
+                panic!("{} still plain", site.name)
+            }
+        })
+        .collect()
+}
+
+fn changed_lines(before: &str, after: &str) -> Vec<usize> {
+    assert_eq!(before.lines().count(), after.lines().count());
+    before
+        .lines()
+        .zip(after.lines())
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(n, _)| n + 1)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_is_sealed_in_place_rewrapped_after_rotation_and_its_pod_gets_the_values() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Kinko::dev(&dir.path().join("server"), Some("manifest-root"));
+    let anonymous = server.client(None);
+    let keys = anonymous
+        .request(Method::GET, "sealed/keys", None)
+        .await
+        .unwrap()
+        .unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("apps")).unwrap();
+    std::fs::write(
+        repo.join(".kinko.yaml"),
+        format!(
+            "signing_key_fingerprint: {}\n",
+            keys["data"]["fingerprint"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let file = repo.join("apps/deployment.yaml");
+    std::fs::write(&file, MANIFEST).unwrap();
+
+    // Online: keys fetched from the server, checked against the pin, sealed here.
+    let sealed = kinko_cli(
+        &repo,
+        &server,
+        None,
+        &["seal", "--manifest", "apps/deployment.yaml"],
+    );
+    assert!(sealed.status.success(), "{}", text(&sealed.stderr));
+    assert!(
+        text(&sealed.stderr).contains("sealed 2 value(s)"),
+        "{}",
+        text(&sealed.stderr)
+    );
+    let first = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        changed_lines(MANIFEST, &first),
+        [24, 26],
+        "only the marked lines:\n{first}"
+    );
+    assert!(!first.contains("manifest-e2e-pw") && !first.contains("manifest-e2e-key"));
+    assert!(first.contains(
+        "            - name: DB_PASSWORD  # rotated 2026-11\n              value: kinko:sealed:v1:"
+    ));
+    assert!(first.contains("value: \"kinko:sealed:v1:"), "quotes kept");
+    let values = env_values(&first);
+    assert_eq!(
+        values.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["DB_PASSWORD", "API_KEY"]
+    );
+
+    // Sealing again changes nothing: already sealed values keep their bytes.
+    let again = kinko_cli(
+        &repo,
+        &server,
+        None,
+        &["seal", "--manifest", "apps/deployment.yaml"],
+    );
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
+
+    // Offline with a saved key file: a newly marked value is sealed, the others untouched.
+    let key = anonymous
+        .request(Method::GET, "sealed/keys/payments/payments-api", None)
+        .await
+        .unwrap()
+        .unwrap();
+    let key_file = repo.join("payments-api.key.json");
+    std::fs::write(&key_file, serde_json::to_vec(&key).unwrap()).unwrap();
+    let marked = first.replace("value: info", "value: kinko:plain:now-secret");
+    std::fs::write(&file, &marked).unwrap();
+    let mut offline = Command::new(binary("kinko"));
+    kinko_e2e::clear_kinko_env(&mut offline);
+    offline.env_remove("VAULT_ADDR").current_dir(&repo).args([
+        "seal",
+        "--manifest",
+        "apps/deployment.yaml",
+        "--key",
+        "payments-api.key.json",
+    ]);
+    let offline = output(&mut offline);
+    assert!(offline.status.success(), "{}", text(&offline.stderr));
+    let second = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(changed_lines(&marked, &second), [22]);
+    assert_eq!(env_values(&second)[1..], values[..]);
+
+    // A marked value outside a container's env is refused and the file left as it was.
+    let stray = format!(
+        "{second}---\nkind: ConfigMap\nmetadata: {{name: x}}\ndata: {{a: \"kinko:plain:x\"}}\n"
+    );
+    std::fs::write(&file, &stray).unwrap();
+    let refused = kinko_cli(
+        &repo,
+        &server,
+        None,
+        &["seal", "--manifest", "apps/deployment.yaml"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("outside a container's env"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), stray);
+    std::fs::write(&file, &second).unwrap();
+
+    // The Pod (envrun with its Kubernetes login) gets every plaintext.
+    let api = k8s::TokenReviewServer::start("reviewer").await;
+    let root = server.client(Some("manifest-root"));
+    let role = json!({ "bound_service_account_names": ["payments-api"], "bound_service_account_namespaces": ["payments"],
+                       "audience": k8s::AUDIENCE, "token_policies": ["default"] });
+    enable_kubernetes_auth(&root, &api.url, &api.ca_pem, "reviewer", "payments", role).await;
+    let jwt = k8s::sign(k8s::rsa_key(), &k8s::claims("payments", "payments-api"));
+    api.allow(&jwt, "payments", "payments-api", &[k8s::AUDIENCE]);
+    let token_file = dir.path().join("sa-token");
+    std::fs::write(&token_file, &jwt).unwrap();
+    let out = dir.path().join("child.out");
+    let pod_env = |manifest: &str| {
+        let mut command = Command::new(binary("envrun"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("KINKO_ADDR", &server.addr)
+            .env("KINKO_CACERT", &server.ca)
+            .env("OUT", &out)
+            .envs(env_values(manifest))
+            .args(["--k8s-role", "payments", "--k8s-token-path"])
+            .arg(&token_file)
+            .args(["--", "sh", "-c", "env > \"$OUT\""]);
+        let run = output(&mut command);
+        assert!(run.status.success(), "{}", text(&run.stderr));
+        std::fs::read_to_string(&out).unwrap()
+    };
+    let env = pod_env(&second);
+    for line in [
+        "DB_PASSWORD=manifest-e2e-pw",
+        "API_KEY=manifest-e2e-key",
+        "LOG_LEVEL=now-secret",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} in {env}");
+    }
+
+    // After a rotation: rewrap moves every value to the new epoch, same bindings; the file
+    // changes only on those lines, and the Pod still gets the same plaintexts.
+    let no_token = kinko_cli(&repo, &server, None, &["sealed", "rotate"]);
+    assert!(!no_token.status.success());
+    let rotated = kinko_cli(&repo, &server, Some("manifest-root"), &["sealed", "rotate"]);
+    assert!(rotated.status.success(), "{}", text(&rotated.stderr));
+    let rewrap = kinko_cli(
+        &repo,
+        &server,
+        Some("manifest-root"),
+        &["sealed", "rewrap", "--manifest", "apps/deployment.yaml"],
+    );
+    assert!(rewrap.status.success(), "{}", text(&rewrap.stderr));
+    let third = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(changed_lines(&second, &third), [22, 24, 26]);
+    for (name, value) in env_values(&third) {
+        let header = kinko_server::sealed::decode(&value).unwrap().header;
+        assert_eq!((header.name.as_str(), header.epoch), (name.as_str(), 2));
+        assert_eq!(
+            (header.namespace.as_str(), header.service_account.as_str()),
+            ("payments", "payments-api")
+        );
+    }
+    let env = pod_env(&third);
+    assert!(
+        env.lines().any(|l| l == "DB_PASSWORD=manifest-e2e-pw"),
+        "{env}"
+    );
+    // Rewrapping a current manifest changes nothing.
+    let idle = kinko_cli(
+        &repo,
+        &server,
+        Some("manifest-root"),
+        &["sealed", "rewrap", "--manifest", "apps/deployment.yaml"],
+    );
+    assert!(idle.status.success(), "{}", text(&idle.stderr));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), third);
+    kinko_e2e::assert_no_secret_in_logs(
+        dir.path(),
+        &["manifest-e2e-pw", "manifest-e2e-key", "now-secret"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_cli_initialises_reports_rotates_and_moves_the_sealing_key_to_another_cluster()
+{
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = kinko_e2e::write_certificate(dir.path(), "server");
+    let vars = vec![
+        ("KINKO_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("KINKO_TLS_CERT_FILE", cert.display().to_string()),
+        ("KINKO_TLS_KEY_FILE", key.display().to_string()),
+        (
+            "KINKO_SQLITE_PATH",
+            dir.path().join("kinko.db").display().to_string(),
+        ),
+        (
+            "KINKO_SEAL_KEY_FILE",
+            dir.path().join("seal.key").display().to_string(),
+        ),
+    ];
+    let new = Kinko::production(&vars, &ca, &dir.path().join("new"));
+    let here = dir.path();
+
+    let status = kinko_cli(here, &new, None, &["status"]);
+    assert_eq!(status.status.code(), Some(2), "{}", text(&status.stderr));
+    assert!(
+        text(&status.stdout)
+            .lines()
+            .any(|l| l == "initialized: false"),
+        "{}",
+        text(&status.stdout)
+    );
+    let init = kinko_cli(
+        here,
+        &new,
+        None,
+        &[
+            "operator",
+            "init",
+            "--recovery-shares",
+            "3",
+            "--recovery-threshold",
+            "2",
+        ],
+    );
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    let printed = text(&init.stdout);
+    assert_eq!(
+        printed
+            .lines()
+            .filter(|l| l.starts_with("Recovery key "))
+            .count(),
+        3,
+        "{printed}"
+    );
+    let root = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("Root token: "))
+        .unwrap()
+        .to_owned();
+    let init_again = kinko_cli(here, &new, None, &["operator", "init"]);
+    assert!(!init_again.status.success());
+    assert!(
+        text(&init_again.stderr).contains("already initialized"),
+        "{}",
+        text(&init_again.stderr)
+    );
+    let mut ready = false;
+    for _ in 0..50 {
+        let status = kinko_cli(here, &new, None, &["status"]);
+        if status.status.success() {
+            assert!(text(&status.stdout).lines().any(|l| l == "sealed: false"));
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "unsealed after init");
+    let rotate = kinko_cli(here, &new, Some(&root), &["operator", "rotate"]);
+    assert!(rotate.status.success(), "{}", text(&rotate.stderr));
+    assert!(
+        text(&rotate.stdout).contains("term 2"),
+        "{}",
+        text(&rotate.stdout)
+    );
+
+    // A value sealed by another cluster opens here once its sealing key is imported.
+    let old = Kinko::dev(&dir.path().join("old"), Some("old-root"));
+    let old_root = old.client(Some("old-root"));
+    let value = old_root
+        .request(
+            Method::POST,
+            "sealed/encrypt",
+            Some(&json!({ "namespace": "payments", "service_account": "payments-api", "name": "DB_PASSWORD",
+                          "plaintext": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "moved-pw") })),
+        )
+        .await
+        .unwrap()
+        .unwrap()["data"]["ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let import_key = kinko_cli(
+        here,
+        &new,
+        Some(&root),
+        &["operator", "sealing-key", "import-key"],
+    );
+    assert!(import_key.status.success(), "{}", text(&import_key.stderr));
+    std::fs::write(here.join("import-key.json"), &import_key.stdout).unwrap();
+    let pin = new
+        .client(None)
+        .request(Method::GET, "sealed/keys", None)
+        .await
+        .unwrap()
+        .unwrap()["data"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let wrong = kinko_cli(
+        here,
+        &old,
+        Some("old-root"),
+        &[
+            "operator",
+            "sealing-key",
+            "export",
+            "--import-key",
+            "import-key.json",
+            "--fingerprint",
+            &format!("sha256:{}", "1".repeat(64)),
+        ],
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong.stderr).contains("not by the pinned"),
+        "{}",
+        text(&wrong.stderr)
+    );
+    let export = kinko_cli(
+        here,
+        &old,
+        Some("old-root"),
+        &[
+            "operator",
+            "sealing-key",
+            "export",
+            "--import-key",
+            "import-key.json",
+            "--fingerprint",
+            &pin,
+        ],
+    );
+    assert!(export.status.success(), "{}", text(&export.stderr));
+    std::fs::write(here.join("bundle"), &export.stdout).unwrap();
+    let rewrap_before = kinko_cli(here, &new, Some(&root), &["sealed", "rewrap", &value]);
+    assert!(
+        !rewrap_before.status.success(),
+        "not importable before the import"
+    );
+    let import = kinko_cli(
+        here,
+        &new,
+        Some(&root),
+        &["operator", "sealing-key", "import", "--from-file", "bundle"],
+    );
+    assert!(import.status.success(), "{}", text(&import.stderr));
+    let rewrap = kinko_cli(here, &new, Some(&root), &["sealed", "rewrap", &value]);
+    assert!(rewrap.status.success(), "{}", text(&rewrap.stderr));
+    let moved = text(&rewrap.stdout).trim().to_owned();
+    let inspect = kinko_cli(here, &new, None, &["sealed", "inspect", &moved]);
+    let new_id = new.client(None).seal_status().await.unwrap()["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        text(&inspect.stdout)
+            .lines()
+            .any(|l| l == format!("cluster_id: {new_id}")),
+        "{}",
+        text(&inspect.stdout)
+    );
+    assert!(text(&inspect.stdout)
+        .lines()
+        .any(|l| l == "name: DB_PASSWORD"));
+    let compare = new
+        .client(Some(&root))
+        .request(
+            Method::POST,
+            "sealed/compare",
+            Some(&json!({ "ciphertext": value, "plaintext": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "moved-pw") })),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(compare["data"]["match"], json!(true));
+    kinko_e2e::assert_no_secret_in_logs(dir.path(), &["moved-pw", &root]);
+}

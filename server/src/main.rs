@@ -1,6 +1,9 @@
 //! The `kinko` binary: `kinko server` (production, configured by `KINKO_*`), `kinko server --dev`,
-//! and the sealed-value tools `kinko seal` / `kinko sealed inspect`.
+//! the sealed-value tools (`kinko seal`, `kinko sealed …`) and operator tasks against a running
+//! server (`kinko status`, `kinko operator …`).
 
+mod cli;
+mod operator_cli;
 mod seal_cli;
 
 use std::io::Write;
@@ -47,32 +50,49 @@ enum Command {
     },
     /// Seal a value for one namespace + service account + variable name (safe to commit).
     /// The value is read from stdin (one trailing newline dropped) or --from-file, never argv.
-    /// The key comes from --key (a saved `GET /v1/sealed/keys/<ns>/<sa>` response) or from the
-    /// server at KINKO_ADDR/KINKO_CACERT (VAULT_* fallbacks), and is used only if signed by the
+    /// With --manifest, every `value: kinko:plain:<text>` env entry of the manifest's workloads
+    /// is sealed in place for its namespace, service account and variable name.
+    /// Keys come from --key (saved `GET /v1/sealed/keys/<ns>/<sa>` responses) or from the
+    /// server at KINKO_ADDR/KINKO_CACERT (VAULT_* fallbacks), and are used only if signed by the
     /// pinned key (--fingerprint, or signing_key_fingerprint: in .kinko.yaml here or above).
     Seal {
-        #[arg(long)]
-        namespace: String,
-        #[arg(long)]
-        service_account: String,
+        #[arg(long, required_unless_present = "manifest")]
+        namespace: Option<String>,
+        #[arg(
+            long,
+            required_unless_present = "manifest",
+            conflicts_with = "manifest"
+        )]
+        service_account: Option<String>,
         /// The environment variable the value is for: only it can be resolved from the value.
+        #[arg(
+            long,
+            required_unless_present = "manifest",
+            conflicts_with = "manifest"
+        )]
+        name: Option<String>,
+        /// A saved key response, for sealing offline (with --manifest: one per binding).
         #[arg(long)]
-        name: String,
-        /// A saved key response, for sealing offline.
-        #[arg(long)]
-        key: Option<PathBuf>,
+        key: Vec<PathBuf>,
         /// The pinned signing key, `sha256:<hex>`.
         #[arg(long)]
         fingerprint: Option<String>,
         /// Read the value from this file (exact bytes) instead of stdin.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "manifest")]
         from_file: Option<PathBuf>,
+        /// Seal the marked values of this YAML manifest in place (comments and every other
+        /// byte kept; already sealed values untouched). --namespace is then the default for
+        /// resources without metadata.namespace.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
     },
     /// Sealed-value tools.
     Sealed {
         #[command(subcommand)]
         command: SealedCommand,
     },
+    /// The server's seal status (exit code 2 when sealed).
+    Status,
     /// Operator tasks.
     Operator {
         #[command(subcommand)]
@@ -84,6 +104,22 @@ enum Command {
 enum SealedCommand {
     /// Print the header of a sealed value (binding, epoch, plaintext length) without decrypting.
     Inspect { value: String },
+    /// Rewrap sealed values to the current epoch (and to this cluster, for imported values),
+    /// keeping their namespace, service account and name. Needs a token with `update` on
+    /// sealed/rewrap.
+    Rewrap {
+        #[arg(required_unless_present = "manifest", conflicts_with = "manifest")]
+        value: Option<String>,
+        /// Rewrap every sealed value of this manifest that is not current, in place.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// Start a new sealing epoch (sudo on sealed/rotate). Old values keep opening unless
+    /// --retire-before cuts them off.
+    Rotate {
+        #[arg(long)]
+        retire_before: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -94,6 +130,43 @@ enum OperatorCommand {
     CreateTable {
         #[arg(long, env = "KINKO_DYNAMODB_TABLE", default_value = "kinko")]
         table: String,
+    },
+    /// Initialise the server at KINKO_ADDR; prints the root token and recovery keys once.
+    Init {
+        #[arg(long, default_value_t = 5)]
+        recovery_shares: u8,
+        #[arg(long, default_value_t = 3)]
+        recovery_threshold: u8,
+        /// Print the server's JSON answer instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new keyring term for new writes (sys/rotate).
+    Rotate,
+    /// Move the sealing root secret to another cluster (disaster recovery, several clusters).
+    SealingKey {
+        #[command(subcommand)]
+        command: SealingKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SealingKeyCommand {
+    /// On the receiving cluster: print its signed import key (save it, hand it over).
+    ImportKey,
+    /// On the sending cluster: print its sealing root wrapped to the receiver's import key.
+    Export {
+        /// The receiver's saved `kinko operator sealing-key import-key` output.
+        #[arg(long)]
+        import_key: PathBuf,
+        /// The receiver's signing-key fingerprint, `sha256:<hex>`, learnt from its operator.
+        #[arg(long)]
+        fingerprint: String,
+    },
+    /// On the receiving cluster: import the bundle (stdin or --from-file).
+    Import {
+        #[arg(long)]
+        from_file: Option<PathBuf>,
     },
 }
 
@@ -152,7 +225,7 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("tokio runtime");
     match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("kinko: {error:#}");
             std::process::ExitCode::FAILURE
@@ -160,8 +233,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    if let Command::Status = cli.command {
+        return operator_cli::status().await;
+    }
+    run_command(cli.command)
+        .await
+        .map(|()| std::process::ExitCode::SUCCESS)
+}
+
+async fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Server {
             dev,
             data_dir,
@@ -175,20 +257,70 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             fingerprint,
             from_file,
-        } => {
-            seal_cli::seal(seal_cli::SealArgs {
-                namespace,
-                service_account,
-                name,
-                key,
+            manifest,
+        } => match (manifest, service_account, name) {
+            (Some(manifest), _, _) => {
+                seal_cli::seal_manifest(seal_cli::ManifestArgs {
+                    manifest,
+                    namespace,
+                    keys: key,
+                    fingerprint,
+                })
+                .await
+            }
+            (None, Some(service_account), Some(name)) => {
+                if key.len() > 1 {
+                    anyhow::bail!("one --key file seals one value; more are for --manifest");
+                }
+                seal_cli::seal(seal_cli::SealArgs {
+                    namespace: namespace.unwrap_or_default(),
+                    service_account,
+                    name,
+                    key: key.into_iter().next(),
+                    fingerprint,
+                    from_file,
+                })
+                .await
+            }
+            _ => anyhow::bail!("--service-account and --name are required without --manifest"),
+        },
+        Command::Sealed { command } => match command {
+            SealedCommand::Inspect { value } => seal_cli::inspect(&value),
+            SealedCommand::Rewrap {
+                manifest: Some(manifest),
+                ..
+            } => seal_cli::rewrap_manifest(&manifest).await,
+            SealedCommand::Rewrap { value, .. } => {
+                seal_cli::rewrap_value(&value.unwrap_or_default()).await
+            }
+            SealedCommand::Rotate { retire_before } => {
+                operator_cli::sealed_rotate(retire_before).await
+            }
+        },
+        Command::Status => unreachable!("handled before"),
+        Command::Operator {
+            command:
+                OperatorCommand::Init {
+                    recovery_shares,
+                    recovery_threshold,
+                    json,
+                },
+        } => operator_cli::init(recovery_shares, recovery_threshold, json).await,
+        Command::Operator {
+            command: OperatorCommand::Rotate,
+        } => operator_cli::rotate().await,
+        Command::Operator {
+            command: OperatorCommand::SealingKey { command },
+        } => match command {
+            SealingKeyCommand::ImportKey => operator_cli::import_key().await,
+            SealingKeyCommand::Export {
+                import_key,
                 fingerprint,
-                from_file,
-            })
-            .await
-        }
-        Command::Sealed {
-            command: SealedCommand::Inspect { value },
-        } => seal_cli::inspect(&value),
+            } => operator_cli::export(&import_key, &fingerprint).await,
+            SealingKeyCommand::Import { from_file } => {
+                operator_cli::import(from_file.as_deref()).await
+            }
+        },
         Command::Operator {
             command: OperatorCommand::CreateTable { table },
         } => {

@@ -1,12 +1,18 @@
-//! `kinko seal` and `kinko sealed inspect`: seal a value for one namespace + service account +
-//! variable name, offline with a saved key file or online by fetching the key document; either
-//! way the key is checked against the pinned signing-key fingerprint and sealed locally.
+//! `kinko seal`, `kinko sealed inspect|rewrap|rotate`: seal a value (or every marked value of a
+//! manifest) for one namespace + service account + variable name, offline with saved key files
+//! or online by fetching the key documents; either way each key is checked against the pinned
+//! signing-key fingerprint and the value is sealed here, never sent.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
-use kinko_server::sealed::{self, offline};
+use kinko_client::Method;
+use kinko_server::sealed::manifest::{self, Content, Site};
+use kinko_server::sealed::{self, offline, KeyDocument};
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
 
 pub struct SealArgs {
     pub namespace: String,
@@ -15,6 +21,14 @@ pub struct SealArgs {
     pub key: Option<PathBuf>,
     pub fingerprint: Option<String>,
     pub from_file: Option<PathBuf>,
+}
+
+pub struct ManifestArgs {
+    pub manifest: PathBuf,
+    /// For resources without `metadata.namespace` (kustomize sets it later).
+    pub namespace: Option<String>,
+    pub keys: Vec<PathBuf>,
+    pub fingerprint: Option<String>,
 }
 
 /// The pinned fingerprint: `--fingerprint`, else `signing_key_fingerprint:` of the nearest
@@ -39,24 +53,8 @@ fn pinned(flag: Option<&str>) -> anyhow::Result<String> {
     )
 }
 
-fn env_first(names: &[&str]) -> Option<String> {
-    names
-        .iter()
-        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
-}
-
 async fn fetch_key(namespace: &str, service_account: &str) -> anyhow::Result<serde_json::Value> {
-    let addr = env_first(&["KINKO_ADDR", "VAULT_ADDR", "BAO_ADDR"]).ok_or_else(|| {
-        anyhow!("no --key file and no server address: set KINKO_ADDR (or VAULT_ADDR)")
-    })?;
-    let mut builder = kinko_client::Client::builder(addr);
-    if let Some(ca) = env_first(&["KINKO_CACERT", "VAULT_CACERT", "BAO_CACERT"]) {
-        let pem =
-            std::fs::read(&ca).with_context(|| format!("cannot read the CA certificate {ca}"))?;
-        builder = builder.ca_pem(pem);
-    }
-    let client = builder.build()?;
-    client
+    crate::cli::connect(false)?
         .request(
             kinko_client::Method::GET,
             &format!("sealed/keys/{namespace}/{service_account}"),
@@ -64,6 +62,13 @@ async fn fetch_key(namespace: &str, service_account: &str) -> anyhow::Result<ser
         )
         .await?
         .ok_or_else(|| anyhow!("the server sent no key document"))
+}
+
+fn read_key_file(file: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read(file)
+        .with_context(|| format!("cannot read the key file {}", file.display()))?;
+    serde_json::from_slice(&text)
+        .map_err(|_| anyhow!("the key file {} is not JSON", file.display()))
 }
 
 /// The value to seal: a file's exact bytes, or stdin without one trailing newline (as `echo`
@@ -103,12 +108,7 @@ pub async fn seal(args: SealArgs) -> anyhow::Result<()> {
     }
     let pin = pinned(args.fingerprint.as_deref())?;
     let response = match &args.key {
-        Some(file) => {
-            let text = std::fs::read(file)
-                .with_context(|| format!("cannot read the key file {}", file.display()))?;
-            serde_json::from_slice(&text)
-                .map_err(|_| anyhow!("the key file {} is not JSON", file.display()))?
-        }
+        Some(file) => read_key_file(file)?,
         None => fetch_key(&args.namespace, &args.service_account).await?,
     };
     let document =
@@ -124,5 +124,295 @@ pub async fn seal(args: SealArgs) -> anyhow::Result<()> {
 pub fn inspect(value: &str) -> anyhow::Result<()> {
     let decoded = sealed::decode(value.trim()).map_err(|e| anyhow!("{e}"))?;
     print!("{}", offline::inspect(&decoded));
+    Ok(())
+}
+
+/// The verified key documents of a manifest's bindings: from the `--key` files when given
+/// (each checked against the pin), else fetched from the server once per binding.
+struct Keys {
+    pin: String,
+    saved: Vec<(PathBuf, Value)>,
+    verified: HashMap<(String, String), KeyDocument>,
+}
+
+impl Keys {
+    async fn document(
+        &mut self,
+        namespace: &str,
+        service_account: &str,
+    ) -> anyhow::Result<&KeyDocument> {
+        let binding = (namespace.to_owned(), service_account.to_owned());
+        if !self.verified.contains_key(&binding) {
+            let document = if self.saved.is_empty() {
+                let response = fetch_key(namespace, service_account).await?;
+                offline::verify_key_response(&response, &self.pin, namespace, service_account)
+                    .map_err(|e| anyhow!(e))?
+            } else {
+                let mut reasons = Vec::new();
+                let found = self.saved.iter().find_map(|(file, response)| {
+                    offline::verify_key_response(response, &self.pin, namespace, service_account)
+                        .map_err(|e| reasons.push(format!("{}: {e}", file.display())))
+                        .ok()
+                });
+                found.ok_or_else(|| {
+                    anyhow!(
+                        "no --key file holds a valid key for {namespace}/{service_account} ({})",
+                        reasons.join("; ")
+                    )
+                })?
+            };
+            self.verified.insert(binding.clone(), document);
+        }
+        Ok(&self.verified[&binding])
+    }
+}
+
+fn read_manifest(path: &Path) -> anyhow::Result<(Zeroizing<String>, Vec<Site>)> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the manifest {}", path.display()))?,
+    );
+    let sites = manifest::sites(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok((text, sites))
+}
+
+/// Writes `text` over `path` atomically (same directory, same permissions, synced).
+fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{} is not a file", path.display()))?;
+    let temporary = path.with_file_name(format!(".{}.kinko-tmp", name.to_string_lossy()));
+    let permissions = std::fs::metadata(path)?.permissions();
+    let written = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.set_permissions(permissions)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Warns about a sealed value that sits where it cannot open (copied from another workload).
+fn check_placement(site: &Site, value: &str, default_namespace: Option<&str>) {
+    let Ok(decoded) = sealed::decode(value) else {
+        eprintln!("kinko: line {}: not a valid sealed value", site.line);
+        return;
+    };
+    let h = &decoded.header;
+    let namespace = site.namespace.as_deref().or(default_namespace);
+    if namespace.is_some_and(|ns| ns != h.namespace)
+        || h.service_account != site.service_account
+        || h.name != site.name
+    {
+        eprintln!(
+            "kinko: warning: line {}: the value is sealed for {}/{} {}, but sits in {}/{} {} \
+             of {}: it will not open there",
+            site.line,
+            h.namespace,
+            h.service_account,
+            h.name,
+            namespace.unwrap_or("?"),
+            site.service_account,
+            site.name,
+            site.resource
+        );
+    }
+}
+
+/// `kinko seal --manifest FILE`: seals every `kinko:plain:` env value in place.
+pub async fn seal_manifest(args: ManifestArgs) -> anyhow::Result<()> {
+    let path = &args.manifest;
+    let (text, sites) = read_manifest(path)?;
+    let marked = sites
+        .iter()
+        .filter(|s| matches!(s.content, Content::Plain(_)))
+        .count();
+    if marked == 0 {
+        eprintln!(
+            "kinko: no kinko:plain: values in {}; nothing changed",
+            path.display()
+        );
+        return Ok(());
+    }
+    let mut keys = Keys {
+        pin: pinned(args.fingerprint.as_deref())?,
+        saved: args
+            .keys
+            .iter()
+            .map(|file| read_key_file(file).map(|v| (file.clone(), v)))
+            .collect::<anyhow::Result<_>>()?,
+        verified: HashMap::new(),
+    };
+    let mut replacements = Vec::new();
+    for site in &sites {
+        let plaintext = match &site.content {
+            Content::Sealed(value) => {
+                check_placement(site, value, args.namespace.as_deref());
+                continue;
+            }
+            Content::Plain(plaintext) => plaintext,
+        };
+        let at = |what: String| anyhow!("{}: line {}: {what}", path.display(), site.line);
+        let namespace = site
+            .namespace
+            .as_deref()
+            .or(args.namespace.as_deref())
+            .ok_or_else(|| {
+                at(format!(
+                    "{} has no metadata.namespace: pass --namespace",
+                    site.resource
+                ))
+            })?;
+        if !sealed::valid_namespace(namespace)
+            || !sealed::valid_service_account(&site.service_account)
+        {
+            return Err(at(format!(
+                "{}/{} is not a valid namespace/service account",
+                namespace, site.service_account
+            )));
+        }
+        if !sealed::valid_variable_name(&site.name) {
+            return Err(at(format!(
+                "{:?} is not an environment variable name",
+                site.name
+            )));
+        }
+        if plaintext.is_empty() {
+            return Err(at("nothing to seal after kinko:plain:".into()));
+        }
+        let document = keys.document(namespace, &site.service_account).await?;
+        let value =
+            offline::seal_with_document(document, &site.name, plaintext.as_bytes()).map_err(at)?;
+        replacements.push((site.span.clone(), value));
+    }
+    write_replacements(path, &text, &sites, &replacements)?;
+    eprintln!(
+        "kinko: sealed {} value(s) in {}; {} already sealed left as they were",
+        replacements.len(),
+        path.display(),
+        sites.len() - replacements.len()
+    );
+    Ok(())
+}
+
+/// Rewrites the manifest and checks the result reads back as intended before replacing it.
+fn write_replacements(
+    path: &Path,
+    text: &str,
+    sites: &[Site],
+    replacements: &[(std::ops::Range<usize>, String)],
+) -> anyhow::Result<()> {
+    let spans: Vec<_> = replacements
+        .iter()
+        .map(|(span, value)| (span.clone(), value.as_str()))
+        .collect();
+    let out = Zeroizing::new(manifest::rewrite(text, &spans));
+    let after = manifest::sites(&out).map_err(|e| anyhow!("the rewritten manifest: {e}"))?;
+    let expected: Vec<Option<&str>> = sites
+        .iter()
+        .map(|site| {
+            replacements
+                .iter()
+                .find(|(span, _)| *span == site.span)
+                .map(|(_, v)| Some(v.as_str()))
+                .unwrap_or(match &site.content {
+                    Content::Sealed(v) => Some(v.as_str()),
+                    Content::Plain(_) => None,
+                })
+        })
+        .collect();
+    let actual: Vec<Option<&str>> = after
+        .iter()
+        .map(|site| match &site.content {
+            Content::Sealed(v) => Some(v.as_str()),
+            Content::Plain(_) => None,
+        })
+        .collect();
+    if expected != actual {
+        bail!(
+            "{}: the rewritten manifest does not read back as expected; nothing was changed",
+            path.display()
+        );
+    }
+    replace_file(path, &out)
+}
+
+/// `kinko sealed rewrap --manifest FILE`: every sealed value not at this cluster's current
+/// epoch is rewrapped by the server (same namespace, service account and name); the others
+/// keep their exact bytes.
+pub async fn rewrap_manifest(path: &Path) -> anyhow::Result<()> {
+    let client = crate::cli::connect(true)?;
+    let (text, sites) = read_manifest(path)?;
+    let mut replacements = Vec::new();
+    for site in &sites {
+        let value = match &site.content {
+            Content::Sealed(value) => value,
+            Content::Plain(_) => {
+                eprintln!(
+                    "kinko: warning: {}: line {}: a kinko:plain: value; run kinko seal --manifest",
+                    path.display(),
+                    site.line
+                );
+                continue;
+            }
+        };
+        let rewrapped = rewrap_one(&client, value)
+            .await
+            .with_context(|| format!("{}: line {}", path.display(), site.line))?;
+        if let Some(new) = rewrapped {
+            replacements.push((site.span.clone(), new));
+        }
+    }
+    if !replacements.is_empty() {
+        write_replacements(path, &text, &sites, &replacements)?;
+    }
+    eprintln!(
+        "kinko: rewrapped {} value(s) in {}; {} left as they were",
+        replacements.len(),
+        path.display(),
+        sites.len() - replacements.len()
+    );
+    Ok(())
+}
+
+/// The value rewrapped, or `None` when it is already at the server's cluster and epoch.
+async fn rewrap_one(client: &kinko_client::Client, value: &str) -> anyhow::Result<Option<String>> {
+    let old = sealed::decode(value).map_err(|e| anyhow!("{e}"))?.header;
+    let response = client
+        .request(
+            Method::POST,
+            "sealed/rewrap",
+            Some(&json!({ "ciphertext": value })),
+        )
+        .await?
+        .unwrap_or_default();
+    let new_value = response["data"]["ciphertext"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the server sent no ciphertext"))?;
+    let new = sealed::decode(new_value)
+        .map_err(|e| anyhow!("the server sent an invalid value: {e}"))?
+        .header;
+    if (&new.namespace, &new.service_account, &new.name)
+        != (&old.namespace, &old.service_account, &old.name)
+    {
+        bail!("the server changed the value's binding; refusing it");
+    }
+    Ok(
+        ((&new.cluster_id, new.epoch) != (&old.cluster_id, old.epoch))
+            .then(|| new_value.to_owned()),
+    )
+}
+
+/// `kinko sealed rewrap VALUE`: prints the value at the current epoch.
+pub async fn rewrap_value(value: &str) -> anyhow::Result<()> {
+    let client = crate::cli::connect(true)?;
+    let value = value.trim();
+    let new = rewrap_one(&client, value).await?;
+    println!("{}", new.as_deref().unwrap_or(value));
     Ok(())
 }

@@ -9,7 +9,10 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use http::StatusCode;
 use k8s::{claims, sign, TokenReviewServer, AUDIENCE};
-use kinko_server::sealed::{self, Binding, Header, KeyDocument, SignedKeyDocument};
+use kinko_server::sealed::{
+    self, transfer, Binding, Header, KeyDocument, SealingRoot, SignedKeyDocument,
+};
+use kinko_server::secret::Key256;
 use serde_json::{json, Value};
 use support::{Answer, TestServer, ROOT};
 
@@ -662,4 +665,266 @@ async fn compare_answers_match_needs_its_policy_and_is_rate_limited_per_token() 
     // Another token has its own budget.
     let second = s.token(&["compare-payments"]).await;
     assert_eq!(compare(second, "hunter2").await.body["data"]["match"], true);
+}
+
+async fn cluster_id(s: &TestServer) -> String {
+    let keys = s.request("GET", "/v1/sealed/keys", None, None).await;
+    keys.body["data"]["cluster_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_imported_sealing_key_opens_the_other_clusters_values_and_rewrap_moves_them_here() {
+    let (old, new) = (cluster().await, cluster().await);
+    let (old_id, new_id) = (cluster_id(&old.server).await, cluster_id(&new.server).await);
+    assert_ne!(old_id, new_id);
+    let value = sealed_value(
+        &old.server,
+        "payments",
+        "payments-api",
+        "DB_PASSWORD",
+        "dr-pw",
+    )
+    .await;
+    // Retired on the old cluster before the export: stays retired where it is imported.
+    let retired = sealed_value(&old.server, "payments", "payments-api", "OLD", "gone").await;
+    assert_eq!(
+        old.server
+            .post("/v1/sealed/rotate", ROOT, json!({}))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        old.server
+            .post("/v1/sealed/rotate", ROOT, json!({ "retire_before": 2 }))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let value_at_2 = sealed_value(
+        &old.server,
+        "payments",
+        "payments-api",
+        "DB_PASSWORD",
+        "dr-pw",
+    )
+    .await;
+    let pod = new.login("payments", "payments-api").await;
+    assert_invalid(
+        &decrypt(&new.server, &pod, &value_at_2, "DB_PASSWORD").await,
+        "not imported",
+    );
+
+    // The receiver's import key: sudo only; a key document is never accepted in its place.
+    let import_key = new
+        .server
+        .request("GET", "/v1/sealed/import-key", Some(&pod), None)
+        .await;
+    assert_eq!(import_key.status, StatusCode::FORBIDDEN);
+    let import_key = new
+        .server
+        .request("GET", "/v1/sealed/import-key", Some(ROOT), None)
+        .await;
+    assert_eq!(import_key.status, StatusCode::OK, "{:?}", import_key.body);
+    let mut body = import_key.body["data"].clone();
+    let pin = body["fingerprint"].as_str().unwrap().to_owned();
+    body["fingerprint"] = json!(pin);
+    let export = |body: Value| {
+        let server = &old.server;
+        async move { server.post("/v1/sealed/export", ROOT, body).await }
+    };
+    let mut wrong_pin = body.clone();
+    wrong_pin["fingerprint"] = json!(format!("sha256:{}", "0".repeat(64)));
+    let refused = export(wrong_pin).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused.errors()[0].contains("not by the pinned"),
+        "{:?}",
+        refused.body
+    );
+    let key_doc = new
+        .server
+        .request("GET", "/v1/sealed/keys/payments/payments-api", None, None)
+        .await;
+    let mut swapped = body.clone();
+    swapped["document"] = key_doc.body["data"]["document"].clone();
+    swapped["signature"] = key_doc.body["data"]["signature"].clone();
+    let refused = export(swapped).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_REQUEST,
+        "{:?}",
+        refused.body
+    );
+    let own = old
+        .server
+        .request("GET", "/v1/sealed/import-key", Some(ROOT), None)
+        .await;
+    let mut to_self = own.body["data"].clone();
+    to_self["fingerprint"] = own.body["data"]["fingerprint"].clone();
+    assert_eq!(export(to_self).await.status, StatusCode::BAD_REQUEST);
+
+    let exported = export(body).await;
+    assert_eq!(exported.status, StatusCode::OK, "{:?}", exported.body);
+    let bundle = exported.body["data"]["bundle"].as_str().unwrap().to_owned();
+    assert!(bundle.starts_with("kinko:sealing-key:v1:"));
+
+    // Only its addressee imports it; a changed byte does not authenticate.
+    let elsewhere = old
+        .server
+        .post("/v1/sealed/import", ROOT, json!({ "bundle": bundle }))
+        .await;
+    assert_eq!(elsewhere.status, StatusCode::BAD_REQUEST);
+    assert!(
+        elsewhere.errors()[0].contains("is for cluster"),
+        "{:?}",
+        elsewhere.body
+    );
+    let mut flipped = raw_bundle(&bundle);
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    let flipped = format!("kinko:sealing-key:v1:{}", URL_SAFE_NO_PAD.encode(flipped));
+    let tampered = new
+        .server
+        .post("/v1/sealed/import", ROOT, json!({ "bundle": flipped }))
+        .await;
+    assert_eq!(tampered.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        new.server
+            .post("/v1/sealed/import", &pod, json!({ "bundle": bundle }))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let imported = new
+        .server
+        .post("/v1/sealed/import", ROOT, json!({ "bundle": bundle }))
+        .await;
+    assert_eq!(imported.status, StatusCode::OK, "{:?}", imported.body);
+    assert_eq!(imported.body["data"]["cluster_id"], json!(old_id));
+
+    // The old cluster's values open for the same binding only; its retirement holds.
+    assert_eq!(
+        plaintext(&decrypt(&new.server, &pod, &value_at_2, "DB_PASSWORD").await),
+        "dr-pw"
+    );
+    assert_denied(
+        &decrypt(&new.server, &pod, &value_at_2, "OTHER").await,
+        "another name",
+    );
+    let other = new.login("payments", "other").await;
+    assert_denied(
+        &decrypt(&new.server, &other, &value_at_2, "DB_PASSWORD").await,
+        "another sa",
+    );
+    assert_invalid(
+        &decrypt(&new.server, &pod, &value, "DB_PASSWORD").await,
+        "retired at 2",
+    );
+    assert_invalid(
+        &decrypt(&new.server, &pod, &retired, "OLD").await,
+        "retired at 2",
+    );
+    // A newer epoch of the sender (rotated after the export) opens too.
+    old.server.post("/v1/sealed/rotate", ROOT, json!({})).await;
+    let value_at_3 = sealed_value(
+        &old.server,
+        "payments",
+        "payments-api",
+        "DB_PASSWORD",
+        "dr-pw3",
+    )
+    .await;
+    assert_eq!(
+        plaintext(&decrypt(&new.server, &pod, &value_at_3, "DB_PASSWORD").await),
+        "dr-pw3"
+    );
+
+    // Rewrap moves it to this cluster, same namespace, service account and name.
+    let rewrapped = new
+        .server
+        .post(
+            "/v1/sealed/rewrap",
+            ROOT,
+            json!({ "ciphertext": value_at_2 }),
+        )
+        .await;
+    assert_eq!(rewrapped.status, StatusCode::OK, "{:?}", rewrapped.body);
+    let moved = rewrapped.body["data"]["ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let header = header_of(&moved);
+    assert_eq!(
+        (
+            header.cluster_id.as_str(),
+            header.namespace.as_str(),
+            header.service_account.as_str(),
+            header.name.as_str(),
+            header.epoch
+        ),
+        (
+            new_id.as_str(),
+            "payments",
+            "payments-api",
+            "DB_PASSWORD",
+            1
+        )
+    );
+    assert_eq!(
+        plaintext(&decrypt(&new.server, &pod, &moved, "DB_PASSWORD").await),
+        "dr-pw"
+    );
+
+    // Importing again is idempotent; another secret under the same cluster id is refused.
+    let again = new
+        .server
+        .post("/v1/sealed/import", ROOT, json!({ "bundle": bundle }))
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+    let data = &import_key.body["data"];
+    let document = URL_SAFE_NO_PAD
+        .decode(data["document"].as_str().unwrap())
+        .unwrap();
+    let signature: [u8; 64] = URL_SAFE_NO_PAD
+        .decode(data["signature"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let signing_key = STANDARD
+        .decode(data["signing_key"].as_str().unwrap())
+        .unwrap();
+    let to = transfer::ImportKeyDocument::verify(&document, &signature, &signing_key).unwrap();
+    let impostor = transfer::wrap(
+        &SealingRoot::new(Key256::from_slice(&[7; 32]).unwrap()),
+        &transfer::BundleHeader {
+            from_cluster_id: old_id.clone(),
+            to_cluster_id: new_id.clone(),
+            current: 9,
+            retired_before: 0,
+            kem: sealed::KEM.to_owned(),
+        },
+        &to,
+    )
+    .unwrap();
+    let clash = new
+        .server
+        .post("/v1/sealed/import", ROOT, json!({ "bundle": impostor }))
+        .await;
+    assert_eq!(clash.status, StatusCode::BAD_REQUEST, "{:?}", clash.body);
+    assert!(
+        clash.errors()[0].contains("already imported"),
+        "{:?}",
+        clash.body
+    );
+    assert_eq!(
+        plaintext(&decrypt(&new.server, &pod, &value_at_2, "DB_PASSWORD").await),
+        "dr-pw"
+    );
+}
+
+fn raw_bundle(bundle: &str) -> Vec<u8> {
+    URL_SAFE_NO_PAD
+        .decode(bundle.strip_prefix("kinko:sealing-key:v1:").unwrap())
+        .unwrap()
 }

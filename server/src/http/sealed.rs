@@ -1,5 +1,6 @@
 //! `sealed/` endpoints (GitOps sealed values): public keys, encrypt, decrypt, rewrap, rotate,
-//! compare. Every refusal of a value is the same 400 `invalid sealed value`, with no detail.
+//! compare, and moving the sealing root to another cluster (import-key, export, import). Every
+//! refusal of a value is the same 400 `invalid sealed value`, with no detail.
 
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -10,10 +11,10 @@ use crate::error::{Error, Result};
 use crate::metrics::METRICS;
 use crate::path::LogicalPath;
 use crate::policy::Capability;
-use crate::sealed::store::Epochs;
+use crate::sealed::transfer::{self, BundleHeader, ImportKeyDocument};
 use crate::sealed::{
     self, b64, b64url, fingerprint, Binding, Decoded, Header, KeyDocument, SealedError,
-    SignedKeyDocument,
+    SealingRoot, SignedKeyDocument,
 };
 use crate::tokens::Caller;
 
@@ -26,9 +27,14 @@ pub async fn route(u: &Unsealed, req: &Req, rest: &str) -> Result<Reply> {
         ("rewrap", Operation::Write) => rewrap(u, req).await,
         ("rotate", Operation::Write) => rotate(u, req).await,
         ("compare", Operation::Write) => compare(u, req).await,
-        ("keys" | "encrypt" | "decrypt" | "rewrap" | "rotate" | "compare", _) => {
-            Err(Error::MethodNotAllowed)
-        }
+        ("import-key", Operation::Read) => import_key(u, req).await,
+        ("export", Operation::Write) => export(u, req).await,
+        ("import", Operation::Write) => import(u, req).await,
+        (
+            "keys" | "encrypt" | "decrypt" | "rewrap" | "rotate" | "compare" | "import-key"
+            | "export" | "import",
+            _,
+        ) => Err(Error::MethodNotAllowed),
         (path, op) => match path.strip_prefix("keys/").map(|b| b.split_once('/')) {
             Some(Some((namespace, service_account))) if !service_account.contains('/') => {
                 if op != Operation::Read {
@@ -75,23 +81,62 @@ fn binding_error(error: SealedError) -> Error {
     }
 }
 
-/// Decodes a value of this cluster whose epoch still opens; every failure is the one 400.
-async fn decode_ours(u: &Unsealed, value: &str) -> Result<(Decoded, Epochs)> {
-    let decoded = sealed::decode(value).map_err(|_| invalid())?;
-    if decoded.header.cluster_id != u.cluster_id {
-        return Err(invalid());
-    }
-    let (epochs, _) = u.sealing.epochs(&u.store).await?;
-    if !epochs.opens(decoded.header.epoch) {
-        return Err(invalid());
-    }
-    Ok((decoded, epochs))
+/// A value whose epoch still opens, with the root secret that opens it: this cluster's, or
+/// one imported from the cluster that sealed it.
+struct Trusted<'a> {
+    decoded: Decoded,
+    root: Root<'a>,
+    /// Sealed here at the current epoch: no rewrap is due.
+    current: bool,
 }
 
-async fn open(u: &Unsealed, decoded: &Decoded) -> Result<crate::secret::SecretBytes> {
-    let root = u.sealing.root(&u.store).await?;
-    let (private, _) = root.keypair(&decoded.header.binding(), decoded.header.epoch);
-    sealed::open(&private, decoded).map_err(|_| invalid())
+enum Root<'a> {
+    Own(&'a SealingRoot),
+    Imported(SealingRoot),
+}
+
+/// Every failure is the one 400.
+async fn decode_trusted<'a>(u: &'a Unsealed, value: &str) -> Result<Trusted<'a>> {
+    let decoded = sealed::decode(value).map_err(|_| invalid())?;
+    let epoch = decoded.header.epoch;
+    if decoded.header.cluster_id == u.cluster_id {
+        let (epochs, _) = u.sealing.epochs(&u.store).await?;
+        if !epochs.opens(epoch) {
+            return Err(invalid());
+        }
+        let root = u.sealing.root(&u.store).await?;
+        return Ok(Trusted {
+            current: epoch == epochs.current,
+            root: Root::Own(root),
+            decoded,
+        });
+    }
+    match u
+        .sealing
+        .imported(&u.store, &decoded.header.cluster_id)
+        .await?
+    {
+        // The sender may have rotated since the export: its newer epochs open too, its
+        // retirements (as of the export) hold.
+        Some((root, epochs)) if epoch >= epochs.retired_before.max(1) => Ok(Trusted {
+            current: false,
+            root: Root::Imported(root),
+            decoded,
+        }),
+        _ => Err(invalid()),
+    }
+}
+
+impl Trusted<'_> {
+    fn open(&self) -> Result<crate::secret::SecretBytes> {
+        let root = match &self.root {
+            Root::Own(root) => root,
+            Root::Imported(root) => root,
+        };
+        let header = &self.decoded.header;
+        let (private, _) = root.keypair(&header.binding(), header.epoch);
+        sealed::open(&private, &self.decoded).map_err(|_| invalid())
+    }
 }
 
 async fn seal_current(
@@ -191,26 +236,30 @@ async fn decrypt(u: &Unsealed, req: &Req) -> Result<Reply> {
         kubernetes_identity(u, &caller).ok_or(Error::PermissionDenied)?;
     let value = required(req, "ciphertext")?;
     let name = required(req, "name")?;
-    let (decoded, epochs) = decode_ours(u, value).await?;
-    let header = &decoded.header;
+    let trusted = decode_trusted(u, value).await?;
+    let header = &trusted.decoded.header;
     if header.namespace != namespace
         || header.service_account != service_account
         || header.name != name
     {
         return Err(Error::PermissionDenied);
     }
-    let plaintext = open(u, &decoded).await?;
-    METRICS.sealed_decrypt(header.epoch == epochs.current);
+    let plaintext = trusted.open()?;
+    METRICS.sealed_decrypt(trusted.current);
     Ok(Reply::Data(json!({ "plaintext": b64(plaintext.expose()) })))
 }
 
 async fn rewrap(u: &Unsealed, req: &Req) -> Result<Reply> {
     authorize(req, Capability::Update)?;
     let value = required(req, "ciphertext")?;
-    let (decoded, _) = decode_ours(u, value).await?;
-    let plaintext = open(u, &decoded).await?;
-    let header = &decoded.header;
-    let ciphertext = seal_current(u, &header.binding(), &header.name, plaintext.expose()).await?;
+    let trusted = decode_trusted(u, value).await?;
+    let plaintext = trusted.open()?;
+    let header = &trusted.decoded.header;
+    // The same namespace, service account and name; a value imported from another cluster
+    // moves to this one.
+    let binding = Binding::new(&u.cluster_id, &header.namespace, &header.service_account)
+        .map_err(binding_error)?;
+    let ciphertext = seal_current(u, &binding, &header.name, plaintext.expose()).await?;
     Ok(Reply::Data(json!({ "ciphertext": ciphertext })))
 }
 
@@ -229,8 +278,8 @@ async fn rotate(u: &Unsealed, req: &Req) -> Result<Reply> {
 async fn compare(u: &Unsealed, req: &Req) -> Result<Reply> {
     let value = required(req, "ciphertext")?;
     let candidate = plaintext_field(req)?;
-    let (decoded, _) = decode_ours(u, value).await?;
-    let header = &decoded.header;
+    let trusted = decode_trusted(u, value).await?;
+    let header = &trusted.decoded.header;
     let caller = authorize_on(
         req,
         &format!(
@@ -242,7 +291,94 @@ async fn compare(u: &Unsealed, req: &Req) -> Result<Reply> {
     u.sealing
         .spend_compare(&caller.hash)
         .map_err(|retry_after| Error::TooManyRequests { retry_after })?;
-    let plaintext = open(u, &decoded).await?;
+    let plaintext = trusted.open()?;
     let matches: bool = plaintext.expose().ct_eq(candidate.as_slice()).into();
     Ok(Reply::Data(json!({ "match": matches })))
+}
+
+/// `GET sealed/import-key`: the key another cluster wraps its sealing root to for this one.
+async fn import_key(u: &Unsealed, req: &Req) -> Result<Reply> {
+    authorize(req, Capability::Sudo)?;
+    let root = u.sealing.root(&u.store).await?;
+    let (_, public) = root.import_keypair(&u.cluster_id);
+    let document = ImportKeyDocument::new(&u.cluster_id, &public).encode();
+    let signing = root.signing_key(&u.cluster_id);
+    Ok(Reply::Data(json!({
+        "document": b64url(&document),
+        "signature": b64url(&signing.sign(&document)),
+        "signing_key": b64(&signing.public()),
+        "fingerprint": fingerprint(&signing.public()),
+        "cluster_id": u.cluster_id,
+    })))
+}
+
+/// `POST sealed/export`: this cluster's sealing root wrapped to another cluster's import key,
+/// which must be signed by the key whose fingerprint the caller pins.
+async fn export(u: &Unsealed, req: &Req) -> Result<Reply> {
+    authorize(req, Capability::Sudo)?;
+    let pinned = required(req, "fingerprint")?;
+    let signing_key = sealed::from_b64(required(req, "signing_key")?)
+        .ok_or_else(|| Error::bad_request("field \"signing_key\" must be base64"))?;
+    let actual = fingerprint(&signing_key);
+    if !actual.eq_ignore_ascii_case(pinned.trim()) {
+        return Err(Error::BadRequest(format!(
+            "the import key is signed by {actual}, not by the pinned {}",
+            pinned.trim()
+        )));
+    }
+    let signature: [u8; 64] = sealed::from_b64url(required(req, "signature")?)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| Error::bad_request("field \"signature\" must be a base64url signature"))?;
+    let document = sealed::from_b64url(required(req, "document")?)
+        .ok_or_else(|| Error::bad_request("field \"document\" must be base64url"))?;
+    let to = ImportKeyDocument::verify(&document, &signature, &signing_key)
+        .map_err(|e| Error::BadRequest(format!("the import key is not valid: {e}")))?;
+    if to.cluster_id == u.cluster_id {
+        return Err(Error::bad_request(
+            "the import key is this cluster's own: export to another cluster",
+        ));
+    }
+    let (epochs, _) = u.sealing.epochs(&u.store).await?;
+    let header = BundleHeader {
+        from_cluster_id: u.cluster_id.clone(),
+        to_cluster_id: to.cluster_id.clone(),
+        current: epochs.current,
+        retired_before: epochs.retired_before,
+        kem: sealed::KEM.to_owned(),
+    };
+    let root = u.sealing.root(&u.store).await?;
+    let bundle = transfer::wrap(root, &header, &to)
+        .map_err(|e| Error::Internal(format!("wrapping the sealing root: {e}")))?;
+    tracing::warn!(to_cluster = %to.cluster_id, "sealing root secret exported");
+    Ok(Reply::Data(json!({
+        "bundle": bundle,
+        "from_cluster_id": header.from_cluster_id,
+        "to_cluster_id": header.to_cluster_id,
+    })))
+}
+
+/// `POST sealed/import`: keeps the sealing root of the bundle's sender, so the values it
+/// sealed open (and rewrap) here.
+async fn import(u: &Unsealed, req: &Req) -> Result<Reply> {
+    authorize(req, Capability::Sudo)?;
+    let bundle = required(req, "bundle")?.trim();
+    let header = transfer::bundle_header(bundle)
+        .map_err(|_| Error::bad_request("field \"bundle\" is not a sealing key bundle"))?;
+    if header.to_cluster_id != u.cluster_id {
+        return Err(Error::BadRequest(format!(
+            "the bundle is for cluster {}, not this cluster ({})",
+            header.to_cluster_id, u.cluster_id
+        )));
+    }
+    let root = u.sealing.root(&u.store).await?;
+    let (private, _) = root.import_keypair(&u.cluster_id);
+    let (header, imported) = transfer::unwrap(&private, &u.cluster_id, bundle)
+        .map_err(|_| Error::bad_request("the sealing key bundle does not authenticate"))?;
+    let epochs = u.sealing.import(&u.store, &header, &imported).await?;
+    tracing::warn!(from_cluster = %header.from_cluster_id, "sealing root secret imported");
+    Ok(Reply::Data(json!({
+        "cluster_id": header.from_cluster_id,
+        "current": epochs.current,
+        "retired_before": epochs.retired_before,
+    })))
 }

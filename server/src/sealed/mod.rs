@@ -16,8 +16,10 @@
 //! epoch` gives the seed of `Kem::derive_keypair`; the cluster's Ed25519 signing key comes from
 //! info `"signing" NUL cluster`.
 
+pub mod manifest;
 pub mod offline;
 pub mod store;
+pub mod transfer;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -235,38 +237,17 @@ impl Decoded {
 
 /// Decodes a `kinko:sealed:v1:` string; bounded, never panics on any input.
 pub fn decode(value: &str) -> Result<Decoded, SealedError> {
-    if value.len() > MAX_VALUE_CHARS {
-        return Err(SealedError::Malformed("value too long"));
+    if !value.starts_with(PREFIX) {
+        return Err(SealedError::Malformed("missing kinko:sealed:v1: prefix"));
     }
-    let encoded = value
-        .strip_prefix(PREFIX)
-        .ok_or(SealedError::Malformed("missing kinko:sealed:v1: prefix"))?;
-    let raw = URL_SAFE_NO_PAD
-        .decode(encoded)
-        .map_err(|_| SealedError::Malformed("not base64url without padding"))?;
-    let (length, rest) = raw
-        .split_first_chunk::<2>()
-        .ok_or(SealedError::Malformed("truncated"))?;
-    let header_len = usize::from(u16::from_be_bytes(*length));
-    if header_len > MAX_HEADER_BYTES || header_len > rest.len() {
-        return Err(SealedError::Malformed("bad header length"));
-    }
-    let (header_bytes, rest) = rest.split_at(header_len);
-    let header = Header::parse(header_bytes)?;
-    if rest.len() < ENCAPPED_KEY_BYTES + TAG_BYTES {
-        return Err(SealedError::Malformed("truncated"));
-    }
-    let (encapped, ciphertext) = rest.split_at(ENCAPPED_KEY_BYTES);
-    if ciphertext.len() > MAX_PLAINTEXT_BYTES + TAG_BYTES {
-        return Err(SealedError::Malformed("value too long"));
-    }
-    let encapped = <XWing as hpke::Kem>::EncappedKey::from_bytes(encapped)
-        .map_err(|_| SealedError::Malformed("bad encapsulated key"))?;
+    let (header_bytes, encapped, ciphertext) =
+        unframe(value, PREFIX, MAX_PLAINTEXT_BYTES + TAG_BYTES)?;
+    let header = Header::parse(&header_bytes)?;
     Ok(Decoded {
         header,
-        header_bytes: header_bytes.to_vec(),
+        header_bytes,
         encapped,
-        ciphertext: ciphertext.to_vec(),
+        ciphertext,
     })
 }
 
@@ -393,13 +374,55 @@ pub fn seal(public: &PublicKey, header: &Header, plaintext: &[u8]) -> Result<Str
         &header_bytes,
     )
     .map_err(|_| SealedError::Unauthentic)?;
-    let mut raw =
-        Vec::with_capacity(2 + header_bytes.len() + ENCAPPED_KEY_BYTES + ciphertext.len());
-    raw.extend_from_slice(&(header_bytes.len() as u16).to_be_bytes());
-    raw.extend_from_slice(&header_bytes);
+    Ok(frame(PREFIX, &header_bytes, &encapped, &ciphertext))
+}
+
+/// `prefix` + base64url of `u16 BE header length | header | encapsulated key | ciphertext`.
+fn frame(
+    prefix: &str,
+    header: &[u8],
+    encapped: &<XWing as hpke::Kem>::EncappedKey,
+    ciphertext: &[u8],
+) -> String {
+    let mut raw = Vec::with_capacity(2 + header.len() + ENCAPPED_KEY_BYTES + ciphertext.len());
+    raw.extend_from_slice(&(header.len() as u16).to_be_bytes());
+    raw.extend_from_slice(header);
     raw.extend_from_slice(&encapped.to_bytes());
-    raw.extend_from_slice(&ciphertext);
-    Ok(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(raw)))
+    raw.extend_from_slice(ciphertext);
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// The parts of a framed string: header bytes (not yet parsed), encapsulated key, ciphertext.
+type Frame = (Vec<u8>, <XWing as hpke::Kem>::EncappedKey, Vec<u8>);
+
+fn unframe(value: &str, prefix: &str, max_ciphertext: usize) -> Result<Frame, SealedError> {
+    if value.len() > MAX_VALUE_CHARS {
+        return Err(SealedError::Malformed("value too long"));
+    }
+    let encoded = value
+        .strip_prefix(prefix)
+        .ok_or(SealedError::Malformed("missing prefix"))?;
+    let raw = URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| SealedError::Malformed("not base64url without padding"))?;
+    let (length, rest) = raw
+        .split_first_chunk::<2>()
+        .ok_or(SealedError::Malformed("truncated"))?;
+    let header_len = usize::from(u16::from_be_bytes(*length));
+    if header_len > MAX_HEADER_BYTES || header_len > rest.len() {
+        return Err(SealedError::Malformed("bad header length"));
+    }
+    let (header_bytes, rest) = rest.split_at(header_len);
+    if rest.len() < ENCAPPED_KEY_BYTES + TAG_BYTES {
+        return Err(SealedError::Malformed("truncated"));
+    }
+    let (encapped, ciphertext) = rest.split_at(ENCAPPED_KEY_BYTES);
+    if ciphertext.len() > max_ciphertext {
+        return Err(SealedError::Malformed("value too long"));
+    }
+    let encapped = <XWing as hpke::Kem>::EncappedKey::from_bytes(encapped)
+        .map_err(|_| SealedError::Malformed("bad encapsulated key"))?;
+    Ok((header_bytes.to_vec(), encapped, ciphertext.to_vec()))
 }
 
 /// Opens a decoded value with its binding's private key.
@@ -475,16 +498,7 @@ impl SignedKeyDocument {
 
     /// Verifies the signature with `signing_public` and parses the document (canonically).
     pub fn verify(&self, signing_public: &[u8]) -> Result<KeyDocument, SealedError> {
-        let key: [u8; 32] = signing_public
-            .try_into()
-            .map_err(|_| SealedError::InvalidField("signing_key"))?;
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&key)
-            .map_err(|_| SealedError::InvalidField("signing_key"))?;
-        key.verify_strict(
-            &self.document,
-            &ed25519_dalek::Signature::from_bytes(&self.signature),
-        )
-        .map_err(|_| SealedError::BadSignature)?;
+        verify_signature(&self.document, &self.signature, signing_public)?;
         let document: KeyDocument = serde_json::from_slice(&self.document)
             .map_err(|_| SealedError::InvalidField("document"))?;
         if document.encode() != self.document || document.kem != KEM {
@@ -497,6 +511,21 @@ impl SignedKeyDocument {
         document.public_key()?;
         Ok(document)
     }
+}
+
+/// Checks an Ed25519 signature (strictly: no malleable or small-order forms).
+fn verify_signature(
+    message: &[u8],
+    signature: &[u8; 64],
+    signing_public: &[u8],
+) -> Result<(), SealedError> {
+    let key: [u8; 32] = signing_public
+        .try_into()
+        .map_err(|_| SealedError::InvalidField("signing_key"))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&key)
+        .map_err(|_| SealedError::InvalidField("signing_key"))?;
+    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature))
+        .map_err(|_| SealedError::BadSignature)
 }
 
 /// Base64 forms used by the API: standard for plaintexts and the signing key, base64url for

@@ -1,5 +1,6 @@
 //! The sealing state under the barrier: the root secret (`core/sealing-root`, created on first
-//! use) and the epochs (`core/sealed-epochs`), plus the per-token rate limit of `compare`.
+//! use), the epochs (`core/sealed-epochs`), the root secrets imported from other clusters
+//! (`core/sealed-imports/<cluster id>`), plus the per-token rate limit of `compare`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::SealingRoot;
+use super::transfer::BundleHeader;
+use super::{valid_cluster_id, SealingRoot};
 use crate::encrypted::{EncryptedStorage, Write};
 use crate::error::{Error, Result};
 use crate::retry::{on_conflict, settle};
@@ -17,6 +19,7 @@ use crate::storage::Precondition;
 
 pub const ROOT_PATH: &str = "core/sealing-root";
 pub const EPOCHS_PATH: &str = "core/sealed-epochs";
+pub const IMPORTS_PREFIX: &str = "core/sealed-imports/";
 
 /// `current` seals new values; values of an epoch below `retired_before` no longer open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,10 +124,84 @@ impl Sealing {
         .await
     }
 
+    /// The root secret and epochs imported for another cluster's values, if any.
+    pub async fn imported(
+        &self,
+        store: &EncryptedStorage,
+        cluster_id: &str,
+    ) -> Result<Option<(SealingRoot, Epochs)>> {
+        if !valid_cluster_id(cluster_id) {
+            return Ok(None);
+        }
+        let Some(plain) = store.get(&format!("{IMPORTS_PREFIX}{cluster_id}")).await? else {
+            return Ok(None);
+        };
+        decode_import(plain.bytes.expose()).map(Some)
+    }
+
+    /// Keeps another cluster's root secret so its values open here. Importing the same secret
+    /// again takes the newer epochs (a retirement is never undone); a different secret for a
+    /// cluster id already imported is refused rather than replacing it.
+    pub async fn import(
+        &self,
+        store: &EncryptedStorage,
+        header: &BundleHeader,
+        root: &SealingRoot,
+    ) -> Result<Epochs> {
+        let path = format!("{IMPORTS_PREFIX}{}", header.from_cluster_id);
+        on_conflict("an imported sealing key", || async {
+            let stored = store.get(&path).await?;
+            let mut epochs = Epochs {
+                current: header.current,
+                retired_before: header.retired_before,
+            };
+            let precondition = match &stored {
+                None => Precondition::Absent,
+                Some(plain) => {
+                    let (existing, old) = decode_import(plain.bytes.expose())?;
+                    if existing.expose() != root.expose() {
+                        return Err(Error::BadRequest(format!(
+                            "another sealing key of cluster {} is already imported",
+                            header.from_cluster_id
+                        )));
+                    }
+                    epochs.current = epochs.current.max(old.current);
+                    epochs.retired_before = epochs.retired_before.max(old.retired_before);
+                    Precondition::Version(plain.version)
+                }
+            };
+            let mut value = Zeroizing::new(root.expose().expose().to_vec());
+            value.extend_from_slice(
+                &serde_json::to_vec(&epochs).expect("in-memory JSON serialisation cannot fail"),
+            );
+            let written = store
+                .transact(vec![Write::Put {
+                    path: path.clone(),
+                    value,
+                    precondition,
+                }])
+                .await;
+            settle(written, epochs)
+        })
+        .await
+    }
+
     /// Counts one `compare` by the token `who`; `Err(seconds)` when over the limit.
     pub fn spend_compare(&self, who: &str) -> std::result::Result<(), u64> {
         self.compare_limit.spend(who, Instant::now())
     }
+}
+
+/// `root (32 bytes) | epochs JSON`.
+fn decode_import(bytes: &[u8]) -> Result<(SealingRoot, Epochs)> {
+    let malformed = || Error::Internal("a stored imported sealing key is malformed".into());
+    if bytes.len() < 32 {
+        return Err(malformed());
+    }
+    let (root, epochs) = bytes.split_at(32);
+    let key = Key256::from_slice(root).ok_or_else(malformed)?;
+    let epochs = serde_json::from_slice(epochs).map_err(|_| malformed())?;
+    Ok((SealingRoot::new(key), epochs))
 }
 
 /// Attempts of `sealed/compare` per token and window, on one replica.
