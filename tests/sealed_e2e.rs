@@ -468,6 +468,33 @@ async fn a_manifest_is_sealed_in_place_rewrapped_after_rotation_and_its_pod_gets
     );
     assert!(idle.status.success(), "{}", text(&idle.stderr));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), third);
+
+    // Through a symlink (a kustomize base shared by overlays): the real file is sealed, the
+    // link stays a link, and no temporary file is left behind.
+    std::fs::create_dir_all(repo.join("base")).unwrap();
+    std::fs::write(repo.join("base/shared.yaml"), MANIFEST).unwrap();
+    std::os::unix::fs::symlink("../base/shared.yaml", repo.join("apps/link.yaml")).unwrap();
+    let linked = kinko_cli(
+        &repo,
+        &server,
+        None,
+        &["seal", "--manifest", "apps/link.yaml"],
+    );
+    assert!(linked.status.success(), "{}", text(&linked.stderr));
+    let shared = std::fs::read_to_string(repo.join("base/shared.yaml")).unwrap();
+    assert!(!shared.contains("kinko:plain:"), "{shared}");
+    assert!(std::fs::symlink_metadata(repo.join("apps/link.yaml"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    for folder in ["apps", "base"] {
+        let names: Vec<_> = std::fs::read_dir(repo.join(folder))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(names.is_empty(), "left behind in {folder}: {names:?}");
+    }
     kinko_e2e::assert_no_secret_in_logs(
         dir.path(),
         &["manifest-e2e-pw", "manifest-e2e-key", "now-secret"],
@@ -575,6 +602,15 @@ async fn the_operator_cli_initialises_reports_rotates_and_moves_the_sealing_key_
         .as_str()
         .unwrap()
         .to_owned();
+    let old_pin = old
+        .client(None)
+        .request(Method::GET, "sealed/keys", None)
+        .await
+        .unwrap()
+        .unwrap()["data"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let import_key = kinko_cli(
         here,
         &new,
@@ -637,9 +673,54 @@ async fn the_operator_cli_initialises_reports_rotates_and_moves_the_sealing_key_
         here,
         &new,
         Some(&root),
-        &["operator", "sealing-key", "import", "--from-file", "bundle"],
+        &[
+            "operator",
+            "sealing-key",
+            "import",
+            "--from-file",
+            "bundle",
+            "--fingerprint",
+            &old_pin,
+        ],
     );
     assert!(import.status.success(), "{}", text(&import.stderr));
+
+    // In a manifest, values of the other cluster stay unless moved explicitly.
+    let manifest = MANIFEST
+        .replace("kinko:plain:manifest-e2e-pw", &value)
+        .replace("\"kinko:plain:manifest-e2e-key\"", "plain-config");
+    std::fs::write(here.join("deployment.yaml"), &manifest).unwrap();
+    let kept = kinko_cli(
+        here,
+        &new,
+        Some(&root),
+        &["sealed", "rewrap", "--manifest", "deployment.yaml"],
+    );
+    assert!(kept.status.success(), "{}", text(&kept.stderr));
+    assert!(
+        text(&kept.stderr).contains("--move-imported"),
+        "{}",
+        text(&kept.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(here.join("deployment.yaml")).unwrap(),
+        manifest
+    );
+    let moved_file = kinko_cli(
+        here,
+        &new,
+        Some(&root),
+        &[
+            "sealed",
+            "rewrap",
+            "--manifest",
+            "deployment.yaml",
+            "--move-imported",
+        ],
+    );
+    assert!(moved_file.status.success(), "{}", text(&moved_file.stderr));
+    let after = std::fs::read_to_string(here.join("deployment.yaml")).unwrap();
+    assert_eq!(changed_lines(&manifest, &after), [24]);
     let rewrap = kinko_cli(here, &new, Some(&root), &["sealed", "rewrap", &value]);
     assert!(rewrap.status.success(), "{}", text(&rewrap.stderr));
     let moved = text(&rewrap.stdout).trim().to_owned();
@@ -669,5 +750,21 @@ async fn the_operator_cli_initialises_reports_rotates_and_moves_the_sealing_key_
         .unwrap()
         .unwrap();
     assert_eq!(compare["data"]["match"], json!(true));
+    let old_id = old.client(None).seal_status().await.unwrap()["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let remove = kinko_cli(
+        here,
+        &new,
+        Some(&root),
+        &["operator", "sealing-key", "remove", &old_id],
+    );
+    assert!(remove.status.success(), "{}", text(&remove.stderr));
+    let after_removal = kinko_cli(here, &new, Some(&root), &["sealed", "rewrap", &value]);
+    assert!(
+        !after_removal.status.success(),
+        "the old cluster's values no longer open"
+    );
     kinko_e2e::assert_no_secret_in_logs(dir.path(), &["moved-pw", &root]);
 }

@@ -113,6 +113,10 @@ enum SealedCommand {
         /// Rewrap every sealed value of this manifest that is not current, in place.
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// With --manifest: also move values of other clusters (imported sealing keys) to
+        /// this one. Leave it off where several clusters read the same repository.
+        #[arg(long, requires = "manifest")]
+        move_imported: bool,
     },
     /// Start a new sealing epoch (sudo on sealed/rotate). Old values keep opening unless
     /// --retire-before cuts them off.
@@ -167,7 +171,12 @@ enum SealingKeyCommand {
     Import {
         #[arg(long)]
         from_file: Option<PathBuf>,
+        /// The sender's signing-key fingerprint, `sha256:<hex>` (its GET /v1/sealed/keys).
+        #[arg(long)]
+        fingerprint: String,
     },
+    /// On the receiving cluster: forget an imported key; that cluster's values stop opening.
+    Remove { cluster_id: String },
 }
 
 /// Keeps keys out of core dumps and away from other users' ptrace. Refuses to start when that
@@ -234,12 +243,12 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    if let Command::Status = cli.command {
-        return operator_cli::status().await;
+    match cli.command {
+        Command::Status => operator_cli::status().await,
+        command => run_command(command)
+            .await
+            .map(|()| std::process::ExitCode::SUCCESS),
     }
-    run_command(cli.command)
-        .await
-        .map(|()| std::process::ExitCode::SUCCESS)
 }
 
 async fn run_command(command: Command) -> anyhow::Result<()> {
@@ -288,8 +297,9 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             SealedCommand::Inspect { value } => seal_cli::inspect(&value),
             SealedCommand::Rewrap {
                 manifest: Some(manifest),
+                move_imported,
                 ..
-            } => seal_cli::rewrap_manifest(&manifest).await,
+            } => seal_cli::rewrap_manifest(&manifest, move_imported).await,
             SealedCommand::Rewrap { value, .. } => {
                 seal_cli::rewrap_value(&value.unwrap_or_default()).await
             }
@@ -297,7 +307,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                 operator_cli::sealed_rotate(retire_before).await
             }
         },
-        Command::Status => unreachable!("handled before"),
+        Command::Status => operator_cli::status().await.map(drop),
         Command::Operator {
             command:
                 OperatorCommand::Init {
@@ -317,9 +327,11 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
                 import_key,
                 fingerprint,
             } => operator_cli::export(&import_key, &fingerprint).await,
-            SealingKeyCommand::Import { from_file } => {
-                operator_cli::import(from_file.as_deref()).await
-            }
+            SealingKeyCommand::Import {
+                from_file,
+                fingerprint,
+            } => operator_cli::import(from_file.as_deref(), &fingerprint).await,
+            SealingKeyCommand::Remove { cluster_id } => operator_cli::remove(&cluster_id).await,
         },
         Command::Operator {
             command: OperatorCommand::CreateTable { table },

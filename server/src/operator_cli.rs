@@ -84,10 +84,10 @@ pub async fn rotate() -> anyhow::Result<()> {
         .request(Method::GET, "sys/key-status", None)
         .await?
         .unwrap_or_default();
-    println!(
-        "Rotated the keyring: term {}",
-        status["data"]["term"].as_u64().unwrap_or_default()
-    );
+    let term = status["data"]["term"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("sys/key-status sent no term"))?;
+    println!("Rotated the keyring: term {term}");
     Ok(())
 }
 
@@ -149,8 +149,9 @@ pub async fn export(import_key: &Path, fingerprint: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `kinko operator sealing-key import`: keeps another cluster's sealing root from its bundle.
-pub async fn import(from_file: Option<&Path>) -> anyhow::Result<()> {
+/// `kinko operator sealing-key import`: keeps another cluster's sealing root from its bundle,
+/// if that root's signing key has the sender's pinned fingerprint.
+pub async fn import(from_file: Option<&Path>, fingerprint: &str) -> anyhow::Result<()> {
     let mut bundle = String::new();
     match from_file {
         Some(path) => {
@@ -173,7 +174,7 @@ pub async fn import(from_file: Option<&Path>) -> anyhow::Result<()> {
         .request(
             Method::POST,
             "sealed/import",
-            Some(&json!({ "bundle": bundle })),
+            Some(&json!({ "bundle": bundle, "fingerprint": fingerprint })),
         )
         .await?
         .unwrap_or_default();
@@ -184,5 +185,14 @@ pub async fn import(from_file: Option<&Path>) -> anyhow::Result<()> {
         data["cluster_id"].as_str().unwrap_or("?"),
         data["retired_before"].as_u64().unwrap_or(0).max(1),
     );
+    Ok(())
+}
+
+/// `kinko operator sealing-key remove CLUSTER_ID`: that cluster's values stop opening here.
+pub async fn remove(cluster_id: &str) -> anyhow::Result<()> {
+    connect(true)?
+        .request(Method::DELETE, &format!("sealed/import/{cluster_id}"), None)
+        .await?;
+    println!("Removed the imported sealing key of cluster {cluster_id}");
     Ok(())
 }

@@ -176,25 +176,27 @@ fn read_manifest(path: &Path) -> anyhow::Result<(Zeroizing<String>, Vec<Site>)> 
     Ok((text, sites))
 }
 
-/// Writes `text` over `path` atomically (same directory, same permissions, synced).
+/// Writes `text` over the file `path` names atomically: through a symlink to the real file
+/// (else the target would keep its plaintext), via a new randomly named file in its directory
+/// (never one planted in advance), with the same permissions, synced.
 fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    let name = path
-        .file_name()
+    let real = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let directory = real
+        .parent()
         .ok_or_else(|| anyhow!("{} is not a file", path.display()))?;
-    let temporary = path.with_file_name(format!(".{}.kinko-tmp", name.to_string_lossy()));
-    let permissions = std::fs::metadata(path)?.permissions();
-    let written = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.set_permissions(permissions)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written.with_context(|| format!("cannot write {}", path.display()))
+    let permissions = std::fs::metadata(&real)?.permissions();
+    let mut file = tempfile::Builder::new()
+        .prefix(".kinko-seal-")
+        .tempfile_in(directory)
+        .with_context(|| format!("cannot write in {}", directory.display()))?;
+    file.as_file().set_permissions(permissions)?;
+    file.write_all(text.as_bytes())?;
+    file.as_file().sync_all()?;
+    file.persist(&real)
+        .map_err(|e| anyhow!("cannot replace {}: {}", real.display(), e.error))?;
+    Ok(())
 }
 
 /// Warns about a sealed value that sits where it cannot open (copied from another workload).
@@ -285,6 +287,16 @@ pub async fn seal_manifest(args: ManifestArgs) -> anyhow::Result<()> {
         if plaintext.is_empty() {
             return Err(at("nothing to seal after kinko:plain:".into()));
         }
+        if site.service_account == "default" {
+            eprintln!(
+                "kinko: warning: {}: line {}: {} sets no serviceAccountName, so {} is sealed \
+                 for {namespace}/default, which every Pod without one in the namespace runs as",
+                path.display(),
+                site.line,
+                site.resource,
+                site.name
+            );
+        }
         let document = keys.document(namespace, &site.service_account).await?;
         let value =
             offline::seal_with_document(document, &site.name, plaintext.as_bytes()).map_err(at)?;
@@ -342,13 +354,16 @@ fn write_replacements(
     replace_file(path, &out)
 }
 
-/// `kinko sealed rewrap --manifest FILE`: every sealed value not at this cluster's current
-/// epoch is rewrapped by the server (same namespace, service account and name); the others
-/// keep their exact bytes.
-pub async fn rewrap_manifest(path: &Path) -> anyhow::Result<()> {
-    let client = crate::cli::connect(true)?;
+/// `kinko sealed rewrap --manifest FILE`: every sealed value of this cluster below its current
+/// epoch is rewrapped by the server (same namespace, service account and name); the others keep
+/// their exact bytes and are not sent. Values of another cluster are moved here only with
+/// `move_imported` (disaster recovery; in a repository several clusters read, they stay).
+pub async fn rewrap_manifest(path: &Path, move_imported: bool) -> anyhow::Result<()> {
     let (text, sites) = read_manifest(path)?;
+    let client = crate::cli::connect(true)?;
+    let mut current = CurrentEpochs::default();
     let mut replacements = Vec::new();
+    let mut foreign = 0;
     for site in &sites {
         let value = match &site.content {
             Content::Sealed(value) => value,
@@ -361,27 +376,79 @@ pub async fn rewrap_manifest(path: &Path) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let rewrapped = rewrap_one(&client, value)
+        check_placement(site, value, None);
+        let at = || format!("{}: line {}", path.display(), site.line);
+        let header = sealed::decode(value)
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(at)?
+            .header;
+        let (cluster_id, epoch) = current
+            .of(&client, &header.namespace, &header.service_account)
             .await
-            .with_context(|| format!("{}: line {}", path.display(), site.line))?;
-        if let Some(new) = rewrapped {
-            replacements.push((site.span.clone(), new));
+            .with_context(at)?;
+        if header.cluster_id != cluster_id && !move_imported {
+            foreign += 1;
+            continue;
         }
+        if header.cluster_id == cluster_id && header.epoch == epoch {
+            continue;
+        }
+        let rewrapped = rewrap_one(&client, value).await.with_context(at)?;
+        replacements.push((site.span.clone(), rewrapped));
     }
     if !replacements.is_empty() {
         write_replacements(path, &text, &sites, &replacements)?;
     }
     eprintln!(
-        "kinko: rewrapped {} value(s) in {}; {} left as they were",
+        "kinko: rewrapped {} value(s) in {}; {} left as they were{}",
         replacements.len(),
         path.display(),
-        sites.len() - replacements.len()
+        sites.len() - replacements.len(),
+        if foreign > 0 {
+            format!(" ({foreign} of another cluster: --move-imported moves them here)")
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
 
-/// The value rewrapped, or `None` when it is already at the server's cluster and epoch.
-async fn rewrap_one(client: &kinko_client::Client, value: &str) -> anyhow::Result<Option<String>> {
+/// The server's cluster id and current epoch per binding, read from its (public) key documents.
+#[derive(Default)]
+struct CurrentEpochs(HashMap<(String, String), (String, u64)>);
+
+impl CurrentEpochs {
+    async fn of(
+        &mut self,
+        client: &kinko_client::Client,
+        namespace: &str,
+        service_account: &str,
+    ) -> anyhow::Result<(String, u64)> {
+        let binding = (namespace.to_owned(), service_account.to_owned());
+        if let Some(known) = self.0.get(&binding) {
+            return Ok(known.clone());
+        }
+        let response = client
+            .request(
+                Method::GET,
+                &format!("sealed/keys/{namespace}/{service_account}"),
+                None,
+            )
+            .await?
+            .unwrap_or_default();
+        let document: KeyDocument = response["data"]["document"]
+            .as_str()
+            .and_then(sealed::from_b64url)
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| anyhow!("the server sent no key document"))?;
+        let known = (document.cluster_id, document.epoch);
+        self.0.insert(binding, known.clone());
+        Ok(known)
+    }
+}
+
+/// The value rewrapped by the server, its binding checked unchanged.
+async fn rewrap_one(client: &kinko_client::Client, value: &str) -> anyhow::Result<String> {
     let old = sealed::decode(value).map_err(|e| anyhow!("{e}"))?.header;
     let response = client
         .request(
@@ -402,17 +469,12 @@ async fn rewrap_one(client: &kinko_client::Client, value: &str) -> anyhow::Resul
     {
         bail!("the server changed the value's binding; refusing it");
     }
-    Ok(
-        ((&new.cluster_id, new.epoch) != (&old.cluster_id, old.epoch))
-            .then(|| new_value.to_owned()),
-    )
+    Ok(new_value.to_owned())
 }
 
-/// `kinko sealed rewrap VALUE`: prints the value at the current epoch.
+/// `kinko sealed rewrap VALUE`: prints the value at this cluster's current epoch.
 pub async fn rewrap_value(value: &str) -> anyhow::Result<()> {
     let client = crate::cli::connect(true)?;
-    let value = value.trim();
-    let new = rewrap_one(&client, value).await?;
-    println!("{}", new.as_deref().unwrap_or(value));
+    println!("{}", rewrap_one(&client, value.trim()).await?);
     Ok(())
 }

@@ -672,11 +672,48 @@ async fn cluster_id(s: &TestServer) -> String {
     keys.body["data"]["cluster_id"].as_str().unwrap().to_owned()
 }
 
+/// The signing-key fingerprint a cluster publishes without a token (what operators pin).
+async fn published_pin(s: &TestServer) -> String {
+    let keys = s.request("GET", "/v1/sealed/keys", None, None).await;
+    keys.body["data"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn import(s: &TestServer, token: &str, bundle: &str, pin: &str) -> Answer {
+    s.post(
+        "/v1/sealed/import",
+        token,
+        json!({ "bundle": bundle, "fingerprint": pin }),
+    )
+    .await
+}
+
+fn assert_refused(answer: &Answer, reason: &str) {
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{:?}", answer.body);
+    assert!(
+        answer.errors()[0].contains(reason),
+        "{reason}: {:?}",
+        answer.body
+    );
+}
+
 #[tokio::test]
 async fn an_imported_sealing_key_opens_the_other_clusters_values_and_rewrap_moves_them_here() {
     let (old, new) = (cluster().await, cluster().await);
     let (old_id, new_id) = (cluster_id(&old.server).await, cluster_id(&new.server).await);
+    let (old_pin, new_pin) = (
+        published_pin(&old.server).await,
+        published_pin(&new.server).await,
+    );
     assert_ne!(old_id, new_id);
+    let retired = sealed_value(&old.server, "payments", "payments-api", "OLD", "gone").await;
+    // Retired on the old cluster before the export: stays retired where it is imported.
+    for body in [json!({}), json!({ "retire_before": 2 })] {
+        let rotated = old.server.post("/v1/sealed/rotate", ROOT, body).await;
+        assert_eq!(rotated.status, StatusCode::NO_CONTENT);
+    }
     let value = sealed_value(
         &old.server,
         "payments",
@@ -685,63 +722,34 @@ async fn an_imported_sealing_key_opens_the_other_clusters_values_and_rewrap_move
         "dr-pw",
     )
     .await;
-    // Retired on the old cluster before the export: stays retired where it is imported.
-    let retired = sealed_value(&old.server, "payments", "payments-api", "OLD", "gone").await;
-    assert_eq!(
-        old.server
-            .post("/v1/sealed/rotate", ROOT, json!({}))
-            .await
-            .status,
-        StatusCode::NO_CONTENT
-    );
-    assert_eq!(
-        old.server
-            .post("/v1/sealed/rotate", ROOT, json!({ "retire_before": 2 }))
-            .await
-            .status,
-        StatusCode::NO_CONTENT
-    );
-    let value_at_2 = sealed_value(
-        &old.server,
-        "payments",
-        "payments-api",
-        "DB_PASSWORD",
-        "dr-pw",
-    )
-    .await;
+    assert_eq!(header_of(&value).epoch, 3);
     let pod = new.login("payments", "payments-api").await;
     assert_invalid(
-        &decrypt(&new.server, &pod, &value_at_2, "DB_PASSWORD").await,
+        &decrypt(&new.server, &pod, &value, "DB_PASSWORD").await,
         "not imported",
     );
 
-    // The receiver's import key: sudo only; a key document is never accepted in its place.
-    let import_key = new
+    // The receiver's import key: sudo only.
+    let denied = new
         .server
         .request("GET", "/v1/sealed/import-key", Some(&pod), None)
         .await;
-    assert_eq!(import_key.status, StatusCode::FORBIDDEN);
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
     let import_key = new
         .server
         .request("GET", "/v1/sealed/import-key", Some(ROOT), None)
         .await;
     assert_eq!(import_key.status, StatusCode::OK, "{:?}", import_key.body);
     let mut body = import_key.body["data"].clone();
-    let pin = body["fingerprint"].as_str().unwrap().to_owned();
-    body["fingerprint"] = json!(pin);
+    body["fingerprint"] = json!(new_pin);
     let export = |body: Value| {
         let server = &old.server;
         async move { server.post("/v1/sealed/export", ROOT, body).await }
     };
+    // A wrong pin, a key document in place of the import key, the sender's own import key.
     let mut wrong_pin = body.clone();
     wrong_pin["fingerprint"] = json!(format!("sha256:{}", "0".repeat(64)));
-    let refused = export(wrong_pin).await;
-    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
-    assert!(
-        refused.errors()[0].contains("not by the pinned"),
-        "{:?}",
-        refused.body
-    );
+    assert_refused(&export(wrong_pin).await, "not by the pinned");
     let key_doc = new
         .server
         .request("GET", "/v1/sealed/keys/payments/payments-api", None, None)
@@ -749,77 +757,91 @@ async fn an_imported_sealing_key_opens_the_other_clusters_values_and_rewrap_move
     let mut swapped = body.clone();
     swapped["document"] = key_doc.body["data"]["document"].clone();
     swapped["signature"] = key_doc.body["data"]["signature"].clone();
-    let refused = export(swapped).await;
-    assert_eq!(
-        refused.status,
-        StatusCode::BAD_REQUEST,
-        "{:?}",
-        refused.body
-    );
+    assert_refused(&export(swapped).await, "import key is not valid");
     let own = old
         .server
         .request("GET", "/v1/sealed/import-key", Some(ROOT), None)
         .await;
     let mut to_self = own.body["data"].clone();
-    to_self["fingerprint"] = own.body["data"]["fingerprint"].clone();
-    assert_eq!(export(to_self).await.status, StatusCode::BAD_REQUEST);
+    to_self["fingerprint"] = json!(old_pin);
+    assert_refused(&export(to_self).await, "this cluster's own");
 
     let exported = export(body).await;
     assert_eq!(exported.status, StatusCode::OK, "{:?}", exported.body);
     let bundle = exported.body["data"]["bundle"].as_str().unwrap().to_owned();
     assert!(bundle.starts_with("kinko:sealing-key:v1:"));
 
-    // Only its addressee imports it; a changed byte does not authenticate.
-    let elsewhere = old
-        .server
-        .post("/v1/sealed/import", ROOT, json!({ "bundle": bundle }))
-        .await;
-    assert_eq!(elsewhere.status, StatusCode::BAD_REQUEST);
-    assert!(
-        elsewhere.errors()[0].contains("is for cluster"),
-        "{:?}",
-        elsewhere.body
+    // An impostor wraps its own secret under the old cluster's id to the (public) import key
+    // and gets there first: refused by the pin, and the real bundle still imports after it.
+    let data = &import_key.body["data"];
+    let document = URL_SAFE_NO_PAD
+        .decode(data["document"].as_str().unwrap())
+        .unwrap();
+    let signature: [u8; 64] = URL_SAFE_NO_PAD
+        .decode(data["signature"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let signing_key = STANDARD
+        .decode(data["signing_key"].as_str().unwrap())
+        .unwrap();
+    let to = transfer::ImportKeyDocument::verify(&document, &signature, &signing_key).unwrap();
+    let impostor = transfer::wrap(
+        &SealingRoot::new(Key256::from_slice(&[7; 32]).unwrap()),
+        &transfer::BundleHeader {
+            from_cluster_id: old_id.clone(),
+            to_cluster_id: new_id.clone(),
+            current: 9,
+            retired_before: 0,
+            kem: sealed::KEM.to_owned(),
+        },
+        &to,
+    )
+    .unwrap();
+    assert_refused(
+        &import(&new.server, ROOT, &impostor, &old_pin).await,
+        "not the pinned",
+    );
+
+    // Only its addressee imports it, with the sender's pin; a changed byte does not
+    // authenticate; sudo only.
+    assert_refused(
+        &import(&old.server, ROOT, &bundle, &old_pin).await,
+        "is for cluster",
+    );
+    assert_refused(
+        &import(&new.server, ROOT, &bundle, &new_pin).await,
+        "not the pinned",
     );
     let mut flipped = raw_bundle(&bundle);
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
     let flipped = format!("kinko:sealing-key:v1:{}", URL_SAFE_NO_PAD.encode(flipped));
-    let tampered = new
-        .server
-        .post("/v1/sealed/import", ROOT, json!({ "bundle": flipped }))
-        .await;
-    assert_eq!(tampered.status, StatusCode::BAD_REQUEST);
+    assert_refused(
+        &import(&new.server, ROOT, &flipped, &old_pin).await,
+        "does not authenticate",
+    );
     assert_eq!(
-        new.server
-            .post("/v1/sealed/import", &pod, json!({ "bundle": bundle }))
-            .await
-            .status,
+        import(&new.server, &pod, &bundle, &old_pin).await.status,
         StatusCode::FORBIDDEN
     );
-    let imported = new
-        .server
-        .post("/v1/sealed/import", ROOT, json!({ "bundle": bundle }))
-        .await;
+    let imported = import(&new.server, ROOT, &bundle, &old_pin).await;
     assert_eq!(imported.status, StatusCode::OK, "{:?}", imported.body);
     assert_eq!(imported.body["data"]["cluster_id"], json!(old_id));
 
     // The old cluster's values open for the same binding only; its retirement holds.
     assert_eq!(
-        plaintext(&decrypt(&new.server, &pod, &value_at_2, "DB_PASSWORD").await),
+        plaintext(&decrypt(&new.server, &pod, &value, "DB_PASSWORD").await),
         "dr-pw"
     );
     assert_denied(
-        &decrypt(&new.server, &pod, &value_at_2, "OTHER").await,
+        &decrypt(&new.server, &pod, &value, "OTHER").await,
         "another name",
     );
     let other = new.login("payments", "other").await;
     assert_denied(
-        &decrypt(&new.server, &other, &value_at_2, "DB_PASSWORD").await,
+        &decrypt(&new.server, &other, &value, "DB_PASSWORD").await,
         "another sa",
-    );
-    assert_invalid(
-        &decrypt(&new.server, &pod, &value, "DB_PASSWORD").await,
-        "retired at 2",
     );
     assert_invalid(
         &decrypt(&new.server, &pod, &retired, "OLD").await,
@@ -827,27 +849,24 @@ async fn an_imported_sealing_key_opens_the_other_clusters_values_and_rewrap_move
     );
     // A newer epoch of the sender (rotated after the export) opens too.
     old.server.post("/v1/sealed/rotate", ROOT, json!({})).await;
-    let value_at_3 = sealed_value(
+    let newer = sealed_value(
         &old.server,
         "payments",
         "payments-api",
         "DB_PASSWORD",
-        "dr-pw3",
+        "dr-pw4",
     )
     .await;
+    assert_eq!(header_of(&newer).epoch, 4);
     assert_eq!(
-        plaintext(&decrypt(&new.server, &pod, &value_at_3, "DB_PASSWORD").await),
-        "dr-pw3"
+        plaintext(&decrypt(&new.server, &pod, &newer, "DB_PASSWORD").await),
+        "dr-pw4"
     );
 
     // Rewrap moves it to this cluster, same namespace, service account and name.
     let rewrapped = new
         .server
-        .post(
-            "/v1/sealed/rewrap",
-            ROOT,
-            json!({ "ciphertext": value_at_2 }),
-        )
+        .post("/v1/sealed/rewrap", ROOT, json!({ "ciphertext": value }))
         .await;
     assert_eq!(rewrapped.status, StatusCode::OK, "{:?}", rewrapped.body);
     let moved = rewrapped.body["data"]["ciphertext"]
@@ -876,50 +895,24 @@ async fn an_imported_sealing_key_opens_the_other_clusters_values_and_rewrap_move
         "dr-pw"
     );
 
-    // Importing again is idempotent; another secret under the same cluster id is refused.
-    let again = new
-        .server
-        .post("/v1/sealed/import", ROOT, json!({ "bundle": bundle }))
-        .await;
+    // Importing again is idempotent; removing the import stops the old values opening here.
+    let again = import(&new.server, ROOT, &bundle, &old_pin).await;
     assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
-    let data = &import_key.body["data"];
-    let document = URL_SAFE_NO_PAD
-        .decode(data["document"].as_str().unwrap())
-        .unwrap();
-    let signature: [u8; 64] = URL_SAFE_NO_PAD
-        .decode(data["signature"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let signing_key = STANDARD
-        .decode(data["signing_key"].as_str().unwrap())
-        .unwrap();
-    let to = transfer::ImportKeyDocument::verify(&document, &signature, &signing_key).unwrap();
-    let impostor = transfer::wrap(
-        &SealingRoot::new(Key256::from_slice(&[7; 32]).unwrap()),
-        &transfer::BundleHeader {
-            from_cluster_id: old_id.clone(),
-            to_cluster_id: new_id.clone(),
-            current: 9,
-            retired_before: 0,
-            kem: sealed::KEM.to_owned(),
-        },
-        &to,
-    )
-    .unwrap();
-    let clash = new
-        .server
-        .post("/v1/sealed/import", ROOT, json!({ "bundle": impostor }))
-        .await;
-    assert_eq!(clash.status, StatusCode::BAD_REQUEST, "{:?}", clash.body);
-    assert!(
-        clash.errors()[0].contains("already imported"),
-        "{:?}",
-        clash.body
+    let path = format!("/v1/sealed/import/{old_id}");
+    let not_sudo = new.server.request("DELETE", &path, Some(&pod), None).await;
+    assert_eq!(not_sudo.status, StatusCode::FORBIDDEN);
+    let removed = new.server.request("DELETE", &path, Some(ROOT), None).await;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT, "{:?}", removed.body);
+    assert_invalid(
+        &decrypt(&new.server, &pod, &value, "DB_PASSWORD").await,
+        "removed",
     );
+    let gone = new.server.request("DELETE", &path, Some(ROOT), None).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
     assert_eq!(
-        plaintext(&decrypt(&new.server, &pod, &value_at_2, "DB_PASSWORD").await),
-        "dr-pw"
+        plaintext(&decrypt(&new.server, &pod, &moved, "DB_PASSWORD").await),
+        "dr-pw",
+        "values already moved here do not depend on the import"
     );
 }
 

@@ -35,6 +35,9 @@ pub async fn route(u: &Unsealed, req: &Req, rest: &str) -> Result<Reply> {
             | "export" | "import",
             _,
         ) => Err(Error::MethodNotAllowed),
+        (path, Operation::Delete) if path.starts_with("import/") => {
+            remove_import(u, req, &path["import/".len()..]).await
+        }
         (path, op) => match path.strip_prefix("keys/").map(|b| b.split_once('/')) {
             Some(Some((namespace, service_account))) if !service_account.contains('/') => {
                 if op != Operation::Read {
@@ -278,8 +281,9 @@ async fn rotate(u: &Unsealed, req: &Req) -> Result<Reply> {
 async fn compare(u: &Unsealed, req: &Req) -> Result<Reply> {
     let value = required(req, "ciphertext")?;
     let candidate = plaintext_field(req)?;
-    let trusted = decode_trusted(u, value).await?;
-    let header = &trusted.decoded.header;
+    // The policy first, on the header alone: a caller without it learns nothing (not even
+    // which epochs or imported clusters open) and costs no storage read.
+    let header = sealed::decode(value).map_err(|_| invalid())?.header;
     let caller = authorize_on(
         req,
         &format!(
@@ -288,6 +292,7 @@ async fn compare(u: &Unsealed, req: &Req) -> Result<Reply> {
         ),
         Capability::Update,
     )?;
+    let trusted = decode_trusted(u, value).await?;
     u.sealing
         .spend_compare(&caller.hash)
         .map_err(|retry_after| Error::TooManyRequests { retry_after })?;
@@ -374,6 +379,15 @@ async fn import(u: &Unsealed, req: &Req) -> Result<Reply> {
     let (private, _) = root.import_keypair(&u.cluster_id);
     let (header, imported) = transfer::unwrap(&private, &u.cluster_id, bundle)
         .map_err(|_| Error::bad_request("the sealing key bundle does not authenticate"))?;
+    // Anyone can wrap some secret to this cluster's (public) import key; only the sender's
+    // real root secret derives the signing key whose fingerprint the operator pins.
+    let pinned = required(req, "fingerprint")?.trim();
+    let sender = fingerprint(&imported.signing_key(&header.from_cluster_id).public());
+    if !sender.eq_ignore_ascii_case(pinned) {
+        return Err(Error::BadRequest(format!(
+            "the bundle's sealing key belongs to signing key {sender}, not the pinned {pinned}"
+        )));
+    }
     let epochs = u.sealing.import(&u.store, &header, &imported).await?;
     tracing::warn!(from_cluster = %header.from_cluster_id, "sealing root secret imported");
     Ok(Reply::Data(json!({
@@ -381,4 +395,18 @@ async fn import(u: &Unsealed, req: &Req) -> Result<Reply> {
         "current": epochs.current,
         "retired_before": epochs.retired_before,
     })))
+}
+
+/// `DELETE sealed/import/<cluster id>`: values of that cluster stop opening here (after its
+/// sealing root leaked, or once every value is rewrapped).
+async fn remove_import(u: &Unsealed, req: &Req, cluster_id: &str) -> Result<Reply> {
+    authorize(req, Capability::Sudo)?;
+    if !sealed::valid_cluster_id(cluster_id) {
+        return Err(Error::NotFound);
+    }
+    if !u.sealing.remove_import(&u.store, cluster_id).await? {
+        return Err(Error::NotFound);
+    }
+    tracing::warn!(from_cluster = %cluster_id, "imported sealing root secret removed");
+    Ok(Reply::NoContent)
 }

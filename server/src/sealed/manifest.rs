@@ -59,7 +59,6 @@ enum Node {
     },
     Sequence(Vec<Node>),
     Mapping(Vec<(Node, Node)>),
-    Alias,
 }
 
 impl Node {
@@ -92,37 +91,97 @@ impl Node {
     }
 }
 
-/// Builds one tree per document from the parser's events.
+/// Deeper nesting than any manifest has is refused (the tree is walked recursively).
+const MAX_DEPTH: usize = 64;
+
+/// Builds one tree per document from the parser's events. Refuses what would let the binding
+/// read here differ from the one Kubernetes applies: a duplicate key (Kubernetes takes the
+/// last, a naive reader the first), anchors and aliases, and `<<` merge keys.
 #[derive(Default)]
 struct TreeBuilder {
     documents: Vec<Node>,
     stack: Vec<(Node, Option<Node>)>,
+    error: Option<String>,
 }
 
 impl TreeBuilder {
-    fn push(&mut self, node: Node) {
-        match self.stack.last_mut() {
-            None => self.documents.push(node),
-            Some((Node::Sequence(items), _)) => items.push(node),
+    fn fail(&mut self, line: usize, what: &str) {
+        self.error
+            .get_or_insert_with(|| format!("line {line}: {what} (nothing was changed)"));
+    }
+
+    fn push(&mut self, node: Node, mark: &Marker) {
+        let failure = match self.stack.last_mut() {
+            None => {
+                self.documents.push(node);
+                None
+            }
+            Some((Node::Sequence(items), _)) => {
+                items.push(node);
+                None
+            }
             Some((Node::Mapping(entries), pending)) => match pending.take() {
-                None => *pending = Some(node),
-                Some(key) => entries.push((key, node)),
+                None => {
+                    let failure = match &node {
+                        Node::Scalar { value, .. } if value == "<<" => {
+                            Some("a `<<` merge key: write the fields out")
+                        }
+                        Node::Scalar { value, .. }
+                            if entries.iter().any(|(k, _)| k.text() == Some(value)) =>
+                        {
+                            Some("a duplicate key")
+                        }
+                        _ => None,
+                    };
+                    *pending = Some(node);
+                    failure
+                }
+                Some(key) => {
+                    entries.push((key, node));
+                    None
+                }
             },
             Some(_) => unreachable!("only collections are stacked"),
+        };
+        if let Some(what) = failure {
+            self.fail(mark.line(), what);
         }
+    }
+
+    fn open(&mut self, node: Node, mark: &Marker) {
+        if self.stack.len() >= MAX_DEPTH {
+            self.fail(mark.line(), "nesting too deep");
+            return;
+        }
+        self.stack.push((node, None));
     }
 }
 
 impl MarkedEventReceiver for TreeBuilder {
     fn on_event(&mut self, event: Event, mark: Marker) {
+        if self.error.is_some() {
+            return;
+        }
+        let anchored = matches!(
+            event,
+            Event::Scalar(_, _, anchor, _)
+                | Event::SequenceStart(anchor, _)
+                | Event::MappingStart(anchor, _)
+                if anchor != 0
+        );
+        if anchored || matches!(event, Event::Alias(_)) {
+            self.fail(mark.line(), "an anchor or alias: write the value out");
+            return;
+        }
         match event {
-            Event::Scalar(value, style, _, _) => self.push(Node::Scalar { value, style, mark }),
-            Event::Alias(_) => self.push(Node::Alias),
-            Event::SequenceStart(..) => self.stack.push((Node::Sequence(Vec::new()), None)),
-            Event::MappingStart(..) => self.stack.push((Node::Mapping(Vec::new()), None)),
+            Event::Scalar(value, style, _, _) => {
+                self.push(Node::Scalar { value, style, mark }, &mark)
+            }
+            Event::SequenceStart(..) => self.open(Node::Sequence(Vec::new()), &mark),
+            Event::MappingStart(..) => self.open(Node::Mapping(Vec::new()), &mark),
             Event::SequenceEnd | Event::MappingEnd => {
                 if let Some((node, _)) = self.stack.pop() {
-                    self.push(node);
+                    self.push(node, &mark);
                 }
             }
             _ => {}
@@ -156,10 +215,23 @@ fn pod_spec<'a>(kind: &str, resource: &'a Node) -> Option<&'a Node> {
 /// Every env value of every container that is marked (`kinko:plain:`) or sealed, in order.
 /// A marked value anywhere else is an error, so nothing meant to be sealed stays plain.
 pub fn sites(text: &str) -> Result<Vec<Site>, String> {
+    if let Some(at) = text
+        .bytes()
+        .enumerate()
+        .position(|(i, b)| b == b'\r' && text.as_bytes().get(i + 1) != Some(&b'\n'))
+    {
+        let line = text[..at].matches('\n').count() + 1;
+        return Err(format!(
+            "line {line}: a carriage return without a line feed; use LF or CRLF line ends"
+        ));
+    }
     let mut builder = TreeBuilder::default();
     Parser::new_from_str(text)
         .load(&mut builder, true)
         .map_err(|e| format!("not valid YAML: {e}"))?;
+    if let Some(error) = builder.error {
+        return Err(error);
+    }
     let lines = LineIndex::new(text);
     let mut found = Vec::new();
     let mut claimed = HashSet::new();
@@ -181,11 +253,18 @@ pub fn sites(text: &str) -> Result<Vec<Site>, String> {
             .path(&["metadata", "namespace"])
             .and_then(Node::text)
             .map(str::to_owned);
-        let service_account = spec
+        let service_account = match spec
             .get("serviceAccountName")
             .or_else(|| spec.get("serviceAccount"))
-            .and_then(Node::text)
-            .unwrap_or("default");
+        {
+            None => "default",
+            Some(Node::Scalar { value, .. }) if !value.is_empty() => value,
+            Some(_) => {
+                return Err(format!(
+                    "{resource}: serviceAccountName must be a name (nothing was changed)"
+                ))
+            }
+        };
         let containers = ["initContainers", "containers"]
             .iter()
             .filter_map(|key| spec.get(key))
@@ -483,6 +562,41 @@ spec:
     }
 
     #[test]
+    fn what_would_make_the_binding_differ_from_kubernetes_is_refused() {
+        let twice = DEPLOYMENT.replace(
+            "      serviceAccountName: payments-api\n",
+            "      serviceAccountName: attacker\n      serviceAccountName: payments-api\n",
+        );
+        assert!(sites(&twice).unwrap_err().contains("duplicate key"));
+        let alias = DEPLOYMENT.replace(
+            "  namespace: payments\n",
+            "  namespace: &ns payments\n  labels: {ns: *ns}\n",
+        );
+        assert!(sites(&alias).unwrap_err().contains("anchor or alias"));
+        let merge = DEPLOYMENT.replace(
+            "      serviceAccountName: payments-api\n",
+            "      <<: {serviceAccountName: payments-api}\n",
+        );
+        assert!(sites(&merge).unwrap_err().contains("merge key"));
+        let empty = DEPLOYMENT.replace(
+            "serviceAccountName: payments-api",
+            "serviceAccountName: \"\"",
+        );
+        assert!(sites(&empty).unwrap_err().contains("must be a name"));
+        let deep = format!("kind: Pod\nspec: {}\n", "[".repeat(100) + &"]".repeat(100));
+        assert!(sites(&deep).is_err());
+        let lone_cr = DEPLOYMENT.replace("# The payments API. Comments stay.\n", "# a\rb\n");
+        assert!(sites(&lone_cr).unwrap_err().contains("carriage return"));
+        let crlf = DEPLOYMENT.replace('\n', "\r\n");
+        let found = sites(&crlf).unwrap();
+        assert_eq!(&crlf[found[0].span.clone()], "kinko:plain:p@ss w0rd");
+        assert_eq!(
+            &crlf[found[1].span.clone()],
+            "\"kinko:plain:a \\\"b\\\" c\""
+        );
+    }
+
+    #[test]
     fn the_scanner_never_panics_on_mangled_manifests() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
@@ -503,12 +617,17 @@ spec:
             }
             let text: String = text.into_iter().collect();
             if let Ok(found) = sites(&text) {
-                for site in found {
+                for site in &found {
                     assert!(
                         text.is_char_boundary(site.span.start)
                             && text.is_char_boundary(site.span.end)
                     );
                 }
+                let spans: Vec<_> = found
+                    .iter()
+                    .map(|s| (s.span.clone(), "kinko:sealed:v1:X"))
+                    .collect();
+                let _ = sites(&rewrite(&text, &spans));
             }
         }
     }

@@ -186,6 +186,24 @@ impl Sealing {
         .await
     }
 
+    /// Forgets an imported root secret; `false` if there was none.
+    pub async fn remove_import(&self, store: &EncryptedStorage, cluster_id: &str) -> Result<bool> {
+        let path = format!("{IMPORTS_PREFIX}{cluster_id}");
+        on_conflict("an imported sealing key", || async {
+            let Some(plain) = store.get(&path).await? else {
+                return Ok(crate::retry::Attempt::Done(false));
+            };
+            let written = store
+                .transact(vec![Write::delete(
+                    path.clone(),
+                    Precondition::Version(plain.version),
+                )])
+                .await;
+            settle(written, true)
+        })
+        .await
+    }
+
     /// Counts one `compare` by the token `who`; `Err(seconds)` when over the limit.
     pub fn spend_compare(&self, who: &str) -> std::result::Result<(), u64> {
         self.compare_limit.spend(who, Instant::now())

@@ -91,7 +91,9 @@ impl ImportKeyDocument {
     }
 }
 
-/// What a bundle says about itself (readable without the key, authenticated by it).
+/// What a bundle says about itself: readable without the key, and bound to the wrapped secret
+/// as associated data. It does not prove who sent it (anyone can wrap to a public import
+/// key): the importer checks the secret's own signing-key fingerprint against a pin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleHeader {
@@ -138,7 +140,7 @@ pub fn wrap(
         root.expose().expose(),
         &header_bytes,
     )
-    .map_err(|_| SealedError::Unauthentic)?;
+    .map_err(|_| SealedError::InvalidField("public_key"))?;
     Ok(frame(BUNDLE_PREFIX, &header_bytes, &encapped, &ciphertext))
 }
 
