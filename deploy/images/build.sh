@@ -2,7 +2,8 @@
 # Builds the container images kinko, kinko-injector and kinko-envrun from static binaries:
 #   deploy/images/build.sh [--no-build] [kinko|kinko-injector|envrun ...]
 # Uses buildah (or podman) — `apt-get install buildah`. --no-build takes the binaries already
-# in target/x86_64-unknown-linux-gnu/static/ instead of running scripts/build-static.
+# in target/x86_64-unknown-linux-gnu/static/ (or KINKO_STATIC_PROFILE's folder) instead of
+# running scripts/build-static.
 # IMAGE_PREFIX (default registry.example.com/kinko/) and VERSION name the images.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +19,7 @@ fi
 bundle=/etc/ssl/certs/ca-certificates.crt
 for name in "${names[@]}"; do
   if [ "$build" = 1 ]; then binary="$(scripts/build-static "$name")"; else
-    binary="$PWD/target/x86_64-unknown-linux-gnu/static/$name"
+    binary="$PWD/target/x86_64-unknown-linux-gnu/${KINKO_STATIC_PROFILE:-static}/$name"
   fi
   [ -x "$binary" ] || { echo "build.sh: no static binary $binary" >&2; exit 1; }
   context="$(mktemp -d)"

@@ -6,12 +6,25 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use clap::Parser;
 use kinko_injector::config::Config;
 use kinko_injector::http::{router, App};
 use kinko_injector::metrics::Metrics;
 use kinko_injector::registry::Resolver;
 
+/// Flags are only `--help` and `--version`; everything else is `KINKO_INJECTOR_*`.
+#[derive(Parser)]
+#[command(
+    name = "kinko-injector",
+    version,
+    about = "kinko's mutating admission webhook: starts annotated Pods under envrun",
+    long_about = "kinko's mutating admission webhook: starts annotated Pods under envrun.\n\
+                  Configured by KINKO_INJECTOR_* environment variables (see README.md)."
+)]
+struct Cli {}
+
 fn main() -> ExitCode {
+    Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
