@@ -78,6 +78,8 @@ pub struct Unsealed {
     pub kv: crate::kv::KvShared,
     /// Sealed values: the sealing root secret once read, the `compare` rate limit.
     pub sealing: crate::sealed::store::Sealing,
+    /// The enabled audit devices.
+    pub audit: crate::audit::device::AuditDevices,
 }
 
 impl Unsealed {
@@ -88,7 +90,10 @@ impl Unsealed {
     ) -> Result<Unsealed> {
         let mounts = MountTable::load(&store, MOUNTS_PATH).await?;
         let auth = MountTable::load(&store, AUTH_PATH).await?;
-        Ok(Unsealed::new(cluster_id, store, tokens, mounts, auth))
+        let audit = crate::audit::device::AuditDevices::load(&store).await?;
+        let mut unsealed = Unsealed::new(cluster_id, store, tokens, mounts, auth);
+        unsealed.audit = audit;
+        Ok(unsealed)
     }
 
     fn new(
@@ -108,6 +113,7 @@ impl Unsealed {
             review_clients: Default::default(),
             kv: Default::default(),
             sealing: Default::default(),
+            audit: Default::default(),
         }
     }
 }
@@ -125,6 +131,9 @@ fn refresh_mount_tables(unsealed: std::sync::Weak<Unsealed>) {
                 if let Err(error) = table.reload(&unsealed.store).await {
                     tracing::warn!(%error, "refreshing a mount table failed; keeping the last one");
                 }
+            }
+            if let Err(error) = unsealed.audit.reload(&unsealed.store).await {
+                tracing::warn!(%error, "refreshing the audit devices failed; keeping the last ones");
             }
         }
     });

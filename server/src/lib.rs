@@ -1,5 +1,6 @@
 //! kinko-server: everything the `kinko` binary does, as a library so it is tested in-process.
 
+pub mod audit;
 pub mod aws;
 pub mod barrier;
 pub mod cache;

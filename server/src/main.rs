@@ -395,6 +395,7 @@ async fn serve(
     } else {
         tokio::spawn(auto_unseal(parts.core.clone()));
     }
+    tokio::spawn(reopen_audit_files_on_sighup());
     out.flush()?;
     drop(out);
     let router = kinko_server::http::router(parts.core.clone(), config.max_request_bytes);
@@ -412,6 +413,19 @@ async fn serve(
     .await?;
     parts.core.seal().await;
     Ok(())
+}
+
+/// logrotate renames the audit file and sends SIGHUP: file devices reopen their path.
+async fn reopen_audit_files_on_sighup() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: audit files will not be reopened on it");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        kinko_server::audit::device::reopen_files();
+        tracing::info!("SIGHUP: audit files are reopened before their next entry");
+    }
 }
 
 fn config_dir(config: &Config) -> String {

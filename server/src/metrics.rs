@@ -17,6 +17,7 @@ pub struct Metrics {
     aws_retries: AtomicU64,
     conflict_retries: AtomicU64,
     sealed_decrypts: [AtomicU64; 2],
+    audit_writes: [AtomicU64; 2],
 }
 
 /// The DynamoDB API calls the storage backend makes; each is counted per attempt.
@@ -52,12 +53,17 @@ pub static METRICS: Metrics = Metrics {
     aws_retries: AtomicU64::new(0),
     conflict_retries: AtomicU64::new(0),
     sealed_decrypts: [const { AtomicU64::new(0) }; 2],
+    audit_writes: [const { AtomicU64::new(0) }; 2],
 };
 
 impl Metrics {
     pub fn request(&self, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.requests[class].fetch_add(1, Relaxed);
+    }
+
+    pub fn audit_write(&self, succeeded: bool) {
+        self.audit_writes[usize::from(!succeeded)].fetch_add(1, Relaxed);
     }
 
     pub fn storage_read(&self) {
@@ -162,6 +168,11 @@ impl Metrics {
             "kinko_sealed_decrypt_total",
             "Sealed values decrypted, by the age of their epoch.",
             &by_label("epoch_age", &["current", "old"], &self.sealed_decrypts),
+        );
+        counter(
+            "kinko_audit_writes_total",
+            "Entries written to audit devices, by result (a request no device records is refused).",
+            &by_label("result", &["ok", "failed"], &self.audit_writes),
         );
         out
     }

@@ -12,4 +12,4 @@ pub mod certs;
 pub mod serve;
 
 pub use certs::{server_config, TlsError};
-pub use serve::{serve, shutdown_signal, ServeLimits};
+pub use serve::{serve, shutdown_signal, PeerAddr, ServeLimits};

@@ -21,6 +21,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,7 +153,7 @@ pub async fn serve(
         let stream = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Usually EMFILE: back off instead of spinning.
                     tracing::warn!(%error, "accept failed");
@@ -161,6 +162,7 @@ pub async fn serve(
                 }
             },
         };
+        let (stream, peer) = stream;
         let accepted = Instant::now();
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             // Closed at once: a client at the cap fails fast instead of waiting in a queue.
@@ -178,6 +180,7 @@ pub async fn serve(
         tokio::spawn(connection(
             Accepted {
                 stream,
+                peer,
                 at: accepted,
                 permit,
             },
@@ -221,10 +224,15 @@ fn http_builder(limits: &ServeLimits) -> auto::Builder<TokioExecutor> {
 
 struct Accepted {
     stream: TcpStream,
+    peer: SocketAddr,
     at: Instant,
     /// One of [`ServeLimits::max_connections`], held until the connection is gone.
     permit: OwnedSemaphorePermit,
 }
+
+/// The client's address, in every request's extensions (for audit entries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// One connection, from handshake to close.
 async fn connection(
@@ -248,7 +256,9 @@ async fn connection(
     let activity = Arc::new(activity);
     let service = hyper::service::service_fn({
         let activity = activity.clone();
-        move |request| {
+        let peer = PeerAddr(accepted.peer);
+        move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(peer);
             let busy = InFlight::start(activity.clone());
             let app = app.clone();
             async move {

@@ -2,6 +2,7 @@
 //! routes it by logical path, and turns results and errors into Vault-shaped responses in one
 //! place (`respond`).
 
+mod audit;
 mod body;
 mod kubernetes;
 mod kv;
@@ -102,13 +103,133 @@ pub enum Reply {
 
 async fn entry(State(app): State<App>, request: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let result = match parse(&app, request).await {
-        Ok(req) => route(&app, &req)
-            .await
-            .map(|reply| (reply, mount_type(req.path.as_str()))),
-        Err(error) => Err(error),
+    let audited = Audited::of(&app, &request);
+    let rendered = match parse(&app, request).await {
+        Ok(req) => {
+            // Fail closed: a request no device could record is not served.
+            if let Some(audit) = &audited {
+                if let Err(error) = audit.request(Some(&req), &request_id, "") {
+                    return render(Err(error), &request_id).into_response();
+                }
+            }
+            let result = route(&app, &req)
+                .await
+                .map(|reply| (reply, mount_type(req.path.as_str())));
+            let rendered = render(result, &request_id);
+            match &audited {
+                Some(audit) => audit.response(Some(&req), &request_id, rendered),
+                None => rendered,
+            }
+        }
+        Err(error) => {
+            let rendered = render(Err(error), &request_id);
+            match &audited {
+                Some(audit) => {
+                    let error = rendered
+                        .json_body()
+                        .and_then(|b| b["errors"][0].as_str())
+                        .unwrap_or_default()
+                        .to_owned();
+                    match audit.request(None, &request_id, &error) {
+                        Ok(()) => audit.response(None, &request_id, rendered),
+                        Err(error) => render(Err(error), &request_id),
+                    }
+                }
+                None => rendered,
+            }
+        }
     };
-    respond(result, &request_id)
+    rendered.into_response()
+}
+
+/// What the audit devices need of a request that is audited: every request while unsealed
+/// with a device enabled, except the status probes (`sys/health`, `seal-status`, `leader`),
+/// which load balancers and kubelets call every few seconds and which carry nothing.
+struct Audited {
+    devices: Arc<Vec<Arc<crate::audit::device::Device>>>,
+    method: Method,
+    path: String,
+    token: Option<String>,
+    remote: Option<std::net::SocketAddr>,
+}
+
+impl Audited {
+    fn of(app: &App, request: &Request) -> Option<Audited> {
+        let devices = app.core.unsealed().ok()?.audit.current();
+        if devices.is_empty() {
+            return None;
+        }
+        let path = request.uri().path();
+        let path = path.strip_prefix("/v1/").unwrap_or(path);
+        if matches!(
+            path.trim_end_matches('/'),
+            "sys/health" | "sys/seal-status" | "sys/leader"
+        ) {
+            return None;
+        }
+        Some(Audited {
+            devices,
+            method: request.method().clone(),
+            path: path.to_owned(),
+            token: presented_token(request.headers()).map(str::to_owned),
+            remote: request
+                .extensions()
+                .get::<kinko_tls::PeerAddr>()
+                .map(|peer| peer.0),
+        })
+    }
+
+    fn record<'a>(&'a self, req: Option<&'a Req>, id: &'a str) -> crate::audit::RequestRecord<'a> {
+        let operation = match req.map(|r| r.op) {
+            Some(Operation::Read) => "read",
+            Some(Operation::List) => "list",
+            Some(Operation::Write) => "update",
+            Some(Operation::Delete) => "delete",
+            Some(Operation::Patch) => "patch",
+            None => match self.method.as_str() {
+                "GET" | "HEAD" => "read",
+                "LIST" => "list",
+                "DELETE" => "delete",
+                "PATCH" => "patch",
+                _ => "update",
+            },
+        };
+        let path = req.map_or(self.path.as_str(), |r| r.path.as_str());
+        crate::audit::RequestRecord {
+            id,
+            operation,
+            path,
+            mount_type: mount_type(path),
+            remote: self.remote,
+            client_token: self.token.as_deref(),
+            token: req.and_then(|r| r.caller.as_ref()).map(|(c, _)| &c.entry),
+            body: req.map(|r| &r.body.0),
+        }
+    }
+
+    fn request(&self, req: Option<&Req>, id: &str, error: &str) -> Result<()> {
+        let record = self.record(req, id);
+        let time = crate::clock::rfc3339(crate::clock::now());
+        crate::audit::device::record(&self.devices, |salt| {
+            crate::audit::request_entry(salt, &record, &time, error)
+        })
+    }
+
+    /// `rendered` if its entry was recorded, else the 500 that replaces it (no data).
+    fn response(&self, req: Option<&Req>, id: &str, rendered: Rendered) -> Rendered {
+        let record = self.record(req, id);
+        let time = crate::clock::rfc3339(crate::clock::now());
+        let response = crate::audit::ResponseRecord {
+            status: rendered.status.as_u16(),
+            body: rendered.json_body(),
+        };
+        match crate::audit::device::record(&self.devices, |salt| {
+            crate::audit::response_entry(salt, &record, &response, &time)
+        }) {
+            Ok(()) => rendered,
+            Err(error) => render(Err(error), id),
+        }
+    }
 }
 
 fn mount_type(path: &str) -> &'static str {
@@ -304,20 +425,61 @@ fn is_unauthenticated(core: &Core, path: &LogicalPath) -> bool {
 /// unauthenticated client can make the server buffer at most this much per request.
 pub const UNAUTHENTICATED_MAX_BODY_BYTES: usize = 64 * 1024;
 
-fn with_standard_headers(mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+/// A response before it becomes HTTP: what the audit devices record and the client gets.
+pub struct Rendered {
+    pub status: StatusCode,
+    pub body: RenderedBody,
+    retry_after: Option<u64>,
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
-    METRICS.request(status.as_u16());
-    let mut response = Response::new(AxumBody::from(
-        serde_json::to_vec(body).expect("serialisable"),
-    ));
-    *response.status_mut() = status;
-    with_standard_headers(response)
+pub enum RenderedBody {
+    Json(Value),
+    /// Prometheus text.
+    Text(String),
+    Empty,
+}
+
+impl Rendered {
+    fn json(status: StatusCode, body: Value) -> Rendered {
+        Rendered {
+            status,
+            body: RenderedBody::Json(body),
+            retry_after: None,
+        }
+    }
+
+    fn json_body(&self) -> Option<&Value> {
+        match &self.body {
+            RenderedBody::Json(value) => Some(value),
+            _ => None,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        METRICS.request(self.status.as_u16());
+        let (body, content_type) = match self.body {
+            RenderedBody::Json(value) => (
+                AxumBody::from(serde_json::to_vec(&value).expect("serialisable")),
+                Some("application/json"),
+            ),
+            RenderedBody::Text(text) => (
+                AxumBody::from(text),
+                Some("text/plain; version=0.0.4; charset=utf-8"),
+            ),
+            RenderedBody::Empty => (AxumBody::empty(), None),
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(content_type) = content_type {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
 }
 
 fn envelope(request_id: &str, mount_type: &str, data: Value, auth: Value) -> Value {
@@ -336,18 +498,23 @@ fn envelope(request_id: &str, mount_type: &str, data: Value, auth: Value) -> Val
 
 /// The one place where outcomes become HTTP responses.
 pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Response {
+    render(result, request_id).into_response()
+}
+
+/// The one place where outcomes and errors become statuses and Vault-shaped bodies.
+pub fn render(result: Result<(Reply, &'static str)>, request_id: &str) -> Rendered {
     match result {
         Ok((reply, mount_type)) => match reply {
-            Reply::Data(data) => json_response(
+            Reply::Data(data) => Rendered::json(
                 StatusCode::OK,
-                &envelope(request_id, mount_type, data, Value::Null),
+                envelope(request_id, mount_type, data, Value::Null),
             ),
             Reply::DataWithStatus(status, data) => {
-                json_response(status, &envelope(request_id, mount_type, data, Value::Null))
+                Rendered::json(status, envelope(request_id, mount_type, data, Value::Null))
             }
-            Reply::Auth(auth) => json_response(
+            Reply::Auth(auth) => Rendered::json(
                 StatusCode::OK,
-                &envelope(request_id, mount_type, Value::Null, auth),
+                envelope(request_id, mount_type, Value::Null, auth),
             ),
             Reply::Compat(data) => {
                 let mut body = envelope(request_id, mount_type, data.clone(), Value::Null);
@@ -356,30 +523,19 @@ pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Respo
                         top.entry(k.clone()).or_insert_with(|| v.clone());
                     }
                 }
-                json_response(StatusCode::OK, &body)
+                Rendered::json(StatusCode::OK, body)
             }
-            Reply::Raw(status, body) => json_response(status, &body),
-            Reply::Text(text) => {
-                METRICS.request(200);
-                let mut response = Response::new(AxumBody::from(text));
-                response
-                    .headers_mut()
-                    .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                response.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                response
-            }
-            Reply::NoContent => {
-                METRICS.request(204);
-                let mut response = Response::new(AxumBody::empty());
-                *response.status_mut() = StatusCode::NO_CONTENT;
-                response
-                    .headers_mut()
-                    .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                response
-            }
+            Reply::Raw(status, body) => Rendered::json(status, body),
+            Reply::Text(text) => Rendered {
+                status: StatusCode::OK,
+                body: RenderedBody::Text(text),
+                retry_after: None,
+            },
+            Reply::NoContent => Rendered {
+                status: StatusCode::NO_CONTENT,
+                body: RenderedBody::Empty,
+                retry_after: None,
+            },
         },
         Err(error) => {
             let (status, errors): (StatusCode, Vec<String>) = match &error {
@@ -441,13 +597,11 @@ pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Respo
                     )
                 }
             };
-            let mut response = json_response(status, &json!({ "errors": errors }));
+            let mut rendered = Rendered::json(status, json!({ "errors": errors }));
             if let Error::TooManyRequests { retry_after } = error {
-                response
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+                rendered.retry_after = Some(retry_after);
             }
-            response
+            rendered
         }
     }
 }

@@ -84,6 +84,8 @@ async fn route_unsealed(app: &App, u: &Unsealed, req: &Req, rest: &str) -> Resul
             },
         },
         ("auth", _) => auth_methods(u, req, name).await,
+        ("audit", _) => super::audit::devices(u, req, name).await,
+        ("audit-hash", Operation::Write) => super::audit::hash(u, req, name),
         ("capabilities-self", Operation::Write) => capabilities_self(req),
         ("metrics", Operation::Read) => {
             authorize(req, Capability::Read)?;

@@ -1,0 +1,301 @@
+//! Audit devices (I/O): the `file` and `stdout` sinks, the device table under the barrier
+//! (`core/audit`, re-read like the mount tables so every replica audits), and the fail-closed
+//! write: an entry counts as recorded when at least one enabled device wrote it.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Salt;
+use crate::encrypted::{EncryptedStorage, Write};
+use crate::error::{Error, Result};
+use crate::metrics::METRICS;
+use crate::retry::{on_conflict, settle};
+use crate::secret::Key256;
+use crate::storage::Precondition;
+
+pub const TABLE_PATH: &str = "core/audit";
+
+/// Bumped by SIGHUP: every file device reopens its path before its next write (logrotate
+/// renames the file, then signals).
+static REOPEN_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Asks every file device to reopen its file (called on SIGHUP).
+pub fn reopen_files() {
+    REOPEN_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One enabled device as stored.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// `name/` form.
+    pub path: String,
+    /// `file` or `stdout`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub description: String,
+    pub options: BTreeMap<String, String>,
+    /// The HMAC salt, hex (the table is under the barrier).
+    salt: String,
+}
+
+impl std::fmt::Debug for DeviceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceConfig")
+            .field("path", &self.path)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Sink {
+    File(FileSink),
+    Stdout,
+}
+
+struct FileSink {
+    path: PathBuf,
+    mode: u32,
+    /// The open file and the reopen generation it was opened at.
+    file: Mutex<(Option<std::fs::File>, u64)>,
+}
+
+impl FileSink {
+    fn open(path: &std::path::Path, mode: u32) -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(mode)
+            .open(path)
+    }
+
+    fn write(&self, line: &[u8]) -> std::io::Result<()> {
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = REOPEN_GENERATION.load(Ordering::Relaxed);
+        if guard.0.is_none() || guard.1 != generation {
+            // A failed reopen leaves no file: the next write tries again.
+            guard.0 = None;
+            guard.1 = generation;
+            guard.0 = Some(FileSink::open(&self.path, self.mode)?);
+        }
+        let file = guard.0.as_mut().expect("opened above");
+        // One write of the whole line: with O_APPEND, lines never interleave.
+        file.write_all(line)
+    }
+}
+
+/// An enabled device, ready to write.
+pub struct Device {
+    pub config: DeviceConfig,
+    pub salt: Salt,
+    sink: Sink,
+}
+
+impl Device {
+    fn open(config: DeviceConfig) -> Result<Device> {
+        let key = hex::decode(&config.salt)
+            .ok()
+            .and_then(|bytes| Key256::from_slice(&bytes))
+            .ok_or_else(|| Error::Internal(format!("audit device {}: bad salt", config.path)))?;
+        let sink = match config.kind.as_str() {
+            "stdout" => Sink::Stdout,
+            "file" => {
+                let path = config.options.get("file_path").ok_or_else(|| {
+                    Error::bad_request("a file audit device needs options.file_path")
+                })?;
+                if path == "stdout" {
+                    Sink::Stdout
+                } else {
+                    let mode = match config.options.get("mode") {
+                        None => 0o600,
+                        Some(mode) => u32::from_str_radix(mode, 8)
+                            .ok()
+                            .filter(|m| *m <= 0o777)
+                            .ok_or_else(|| {
+                                Error::bad_request("options.mode must be octal, e.g. \"0600\"")
+                            })?,
+                    };
+                    let path = PathBuf::from(path);
+                    if !path.is_absolute() {
+                        return Err(Error::bad_request("options.file_path must be absolute"));
+                    }
+                    let file = FileSink::open(&path, mode).map_err(|e| {
+                        Error::BadRequest(format!(
+                            "cannot open the audit file {}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    Sink::File(FileSink {
+                        path,
+                        mode,
+                        file: Mutex::new((Some(file), REOPEN_GENERATION.load(Ordering::Relaxed))),
+                    })
+                }
+            }
+            other => {
+                return Err(Error::BadRequest(format!(
+                    "unknown audit device type {other:?}: kinko has \"file\" and \"stdout\""
+                )))
+            }
+        };
+        Ok(Device {
+            salt: Salt::new(key),
+            sink,
+            config,
+        })
+    }
+
+    fn write(&self, entry: &Value) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(entry).expect("in-memory JSON serialisation cannot fail");
+        line.push(b'\n');
+        match &self.sink {
+            Sink::File(file) => file.write(&line),
+            Sink::Stdout => std::io::stdout().lock().write_all(&line),
+        }
+    }
+}
+
+/// The enabled devices of this replica.
+#[derive(Default)]
+pub struct AuditDevices {
+    devices: RwLock<Arc<Vec<Arc<Device>>>>,
+}
+
+impl AuditDevices {
+    pub async fn load(store: &EncryptedStorage) -> Result<AuditDevices> {
+        let devices = AuditDevices::default();
+        devices.reload(store).await?;
+        Ok(devices)
+    }
+
+    /// The devices now: a request writes both its entries to the same set.
+    pub fn current(&self) -> Arc<Vec<Arc<Device>>> {
+        self.devices.read().expect("audit table poisoned").clone()
+    }
+
+    /// Re-reads the table; devices whose configuration is unchanged are kept open.
+    pub async fn reload(&self, store: &EncryptedStorage) -> Result<()> {
+        let (configs, _) = stored(store).await?;
+        let now = self.current();
+        let mut next = Vec::with_capacity(configs.len());
+        for config in configs {
+            match now.iter().find(|d| d.config == config) {
+                Some(device) => next.push(device.clone()),
+                None => match Device::open(config) {
+                    Ok(device) => next.push(Arc::new(device)),
+                    // Kept out: this replica then has one device fewer, and fails closed if
+                    // none is left, rather than skipping the table.
+                    Err(error) => {
+                        tracing::error!(%error, "cannot open an audit device on this replica")
+                    }
+                },
+            }
+        }
+        *self.devices.write().expect("audit table poisoned") = Arc::new(next);
+        Ok(())
+    }
+
+    pub async fn enable(
+        &self,
+        store: &EncryptedStorage,
+        path: &str,
+        kind: &str,
+        description: &str,
+        options: BTreeMap<String, String>,
+    ) -> Result<()> {
+        let config = DeviceConfig {
+            path: path.to_owned(),
+            kind: kind.to_owned(),
+            description: description.to_owned(),
+            options,
+            salt: hex::encode(Key256::generate().expose()),
+        };
+        // Opened first: a device that cannot write is refused, not stored.
+        let device = Arc::new(Device::open(config.clone())?);
+        on_conflict("the audit device table", || async {
+            let (mut configs, precondition) = stored(store).await?;
+            if configs.iter().any(|c| c.path == config.path) {
+                return Err(Error::BadRequest(format!(
+                    "path already in use: {}",
+                    config.path
+                )));
+            }
+            configs.push(config.clone());
+            let written = store
+                .transact(vec![Write::put_json(TABLE_PATH, &configs, precondition)])
+                .await;
+            settle(written, ())
+        })
+        .await?;
+        let mut next = (*self.current()).clone();
+        next.push(device);
+        *self.devices.write().expect("audit table poisoned") = Arc::new(next);
+        Ok(())
+    }
+
+    /// `false` if no device is enabled at `path`.
+    pub async fn disable(&self, store: &EncryptedStorage, path: &str) -> Result<bool> {
+        let removed = on_conflict("the audit device table", || async {
+            let (mut configs, precondition) = stored(store).await?;
+            let before = configs.len();
+            configs.retain(|c| c.path != path);
+            if configs.len() == before {
+                return Ok(crate::retry::Attempt::Done(false));
+            }
+            let written = store
+                .transact(vec![Write::put_json(TABLE_PATH, &configs, precondition)])
+                .await;
+            settle(written, true)
+        })
+        .await?;
+        let next: Vec<_> = self
+            .current()
+            .iter()
+            .filter(|d| d.config.path != path)
+            .cloned()
+            .collect();
+        *self.devices.write().expect("audit table poisoned") = Arc::new(next);
+        Ok(removed)
+    }
+}
+
+async fn stored(store: &EncryptedStorage) -> Result<(Vec<DeviceConfig>, Precondition)> {
+    Ok(
+        match store.get_json::<Vec<DeviceConfig>>(TABLE_PATH).await? {
+            Some((configs, version)) => (configs, Precondition::Version(version)),
+            None => (Vec::new(), Precondition::Absent),
+        },
+    )
+}
+
+/// Writes one entry (built per device: each has its own salt) to every device. Recorded when
+/// at least one device wrote it; otherwise the request must not be served.
+pub fn record(devices: &[Arc<Device>], build: impl Fn(&Salt) -> Value) -> Result<()> {
+    let mut written = false;
+    for device in devices {
+        match device.write(&build(&device.salt)) {
+            Ok(()) => {
+                METRICS.audit_write(true);
+                written = true;
+            }
+            Err(error) => {
+                METRICS.audit_write(false);
+                tracing::error!(device = %device.config.path, %error, "audit device write failed");
+            }
+        }
+    }
+    if written || devices.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Internal(
+            "no audit device could record the request; it was not served".into(),
+        ))
+    }
+}
