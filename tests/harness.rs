@@ -65,7 +65,13 @@ pub struct Kinko {
 impl Kinko {
     /// `kinko server --dev` in `data_dir` on a free port.
     pub fn dev(data_dir: &Path, root_token: Option<&str>) -> Kinko {
+        Kinko::dev_with_env(data_dir, root_token, &[])
+    }
+
+    /// [`Kinko::dev`] with extra environment variables (`KINKO_LOG`, `KINKO_LOG_FORMAT`).
+    pub fn dev_with_env(data_dir: &Path, root_token: Option<&str>, env: &[(&str, &str)]) -> Kinko {
         let mut command = Command::new(binary("kinko"));
+        command.envs(env.iter().copied());
         command
             .args(["server", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir);

@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use crate::barrier::{open_with_key, seal_with_key, BarrierError, Keyring};
 use crate::clock::now_unix;
 use crate::error::{Error, Result};
-use crate::metrics::METRICS;
+use crate::metrics::{StorageOp, METRICS};
 use crate::retry::{on_conflict, Attempt};
 use crate::secret::{Key256, SecretBytes};
 use crate::storage::{Op, Precondition, Storage, StorageError, MAX_TRANSACTION_OPS};
@@ -220,7 +220,10 @@ impl EncryptedStorage {
 
     pub async fn get(&self, path: &str) -> Result<Option<Plain>> {
         METRICS.storage_read();
-        match self.storage.get(path).await? {
+        let started = std::time::Instant::now();
+        let entry = self.storage.get(path).await;
+        METRICS.storage_latency(StorageOp::Get, started.elapsed());
+        match entry? {
             None => Ok(None),
             Some(entry) => Ok(Some(Plain {
                 bytes: self.decrypt(path, &entry.value).await?,
@@ -245,14 +248,19 @@ impl EncryptedStorage {
 
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         METRICS.storage_list();
-        Ok(self.storage.list(prefix).await?)
+        let started = std::time::Instant::now();
+        let listed = self.storage.list(prefix).await;
+        METRICS.storage_latency(StorageOp::List, started.elapsed());
+        Ok(listed?)
     }
 
     /// Encrypts and applies the writes atomically. A failed precondition is returned as the
     /// storage conflict so callers can tell it apart and retry or report.
     pub async fn transact(&self, writes: Vec<Write>) -> std::result::Result<(), TransactError> {
         let ops = self.to_ops(writes).await?;
+        let started = std::time::Instant::now();
         let result = self.storage.transact(ops).await;
+        METRICS.storage_latency(StorageOp::Transact, started.elapsed());
         METRICS.storage_transaction(matches!(result, Err(StorageError::Conflict { .. })));
         match result {
             Ok(()) => Ok(()),

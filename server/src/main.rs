@@ -214,16 +214,10 @@ fn harden_process() -> Result<(), String> {
 }
 
 fn main() -> std::process::ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KINKO_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in collected Pod logs.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(error) = kinko_tls::logging::init() {
+        eprintln!("kinko: {error}");
+        return std::process::ExitCode::from(2);
+    }
     if let Err(error) = harden_process() {
         eprintln!("kinko: cannot protect key material in memory: {error}");
         return std::process::ExitCode::FAILURE;

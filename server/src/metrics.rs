@@ -1,9 +1,132 @@
-//! Process-wide counters, rendered in the Prometheus text format at `GET /v1/sys/metrics`.
-//! Counters only carry fixed label values (never paths, names or tokens), so nothing a caller
-//! sends can reach a label.
+//! Process-wide counters and latency histograms, rendered in the Prometheus text format at
+//! `GET /v1/sys/metrics`. Labels only carry fixed values (never paths below a route template,
+//! names or tokens), so nothing a caller sends can reach a label.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A latency histogram: cumulative-at-render bucket counts, the count and the sum.
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub const fn new() -> Histogram {
+        Histogram {
+            buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(bucket) = BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[bucket].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+
+    /// The samples of one labelled series (`labels` without braces, e.g. `route="kv/data"`).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let count = self.count.load(Relaxed);
+        if count == 0 {
+            return;
+        }
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let braces = |l: &str| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{{{l}}}")
+            }
+        };
+        let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
+        let _ = writeln!(out, "{name}_count{} {count}", braces(labels));
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::new()
+    }
+}
+
+/// The route templates of request latencies: fixed strings, never a path below them.
+pub const ROUTES: [&str; 40] = [
+    "kv/data",
+    "kv/metadata",
+    "kv/delete",
+    "kv/undelete",
+    "kv/destroy",
+    "kv/config",
+    "kv/other",
+    "auth/token/create",
+    "auth/token/lookup",
+    "auth/token/lookup-self",
+    "auth/token/renew",
+    "auth/token/renew-self",
+    "auth/token/revoke",
+    "auth/token/revoke-self",
+    "auth/token/revoke-accessor",
+    "auth/token/other",
+    "auth/kubernetes/login",
+    "auth/kubernetes/config",
+    "auth/kubernetes/role",
+    "auth/other",
+    "sealed/keys",
+    "sealed/encrypt",
+    "sealed/decrypt",
+    "sealed/rewrap",
+    "sealed/rotate",
+    "sealed/compare",
+    "sealed/other",
+    "sys/health",
+    "sys/seal-status",
+    "sys/init",
+    "sys/unseal",
+    "sys/seal",
+    "sys/metrics",
+    "sys/policy",
+    "sys/mounts",
+    "sys/auth",
+    "sys/audit",
+    "sys/capabilities",
+    "sys/other",
+    "unknown",
+];
+
+/// The index of a route template in [`ROUTES`] (`unknown` for anything else).
+pub fn route_index(template: &str) -> usize {
+    ROUTES
+        .iter()
+        .position(|r| *r == template)
+        .unwrap_or(ROUTES.len() - 1)
+}
+
+const STORAGE_OPS: [&str; 3] = ["get", "list", "transact"];
+const KMS_OPS: [&str; 2] = ["Encrypt", "Decrypt"];
 
 pub struct Metrics {
     requests: [AtomicU64; STATUS_CLASSES.len()],
@@ -18,6 +141,11 @@ pub struct Metrics {
     conflict_retries: AtomicU64,
     sealed_decrypts: [AtomicU64; 2],
     audit_writes: [AtomicU64; 2],
+    request_latency: [[Histogram; STATUS_CLASSES.len()]; ROUTES.len()],
+    storage_latency: [Histogram; STORAGE_OPS.len()],
+    storage_backend: OnceLock<&'static str>,
+    kms_calls: [[AtomicU64; 2]; KMS_OPS.len()],
+    tokens_created: AtomicU64,
 }
 
 /// The DynamoDB API calls the storage backend makes; each is counted per attempt.
@@ -54,12 +182,56 @@ pub static METRICS: Metrics = Metrics {
     conflict_retries: AtomicU64::new(0),
     sealed_decrypts: [const { AtomicU64::new(0) }; 2],
     audit_writes: [const { AtomicU64::new(0) }; 2],
+    request_latency: [const { [const { Histogram::new() }; STATUS_CLASSES.len()] }; ROUTES.len()],
+    storage_latency: [const { Histogram::new() }; STORAGE_OPS.len()],
+    storage_backend: OnceLock::new(),
+    kms_calls: [const { [const { AtomicU64::new(0) }; 2] }; KMS_OPS.len()],
+    tokens_created: AtomicU64::new(0),
 };
+
+/// Operations whose latency is measured at the storage boundary.
+#[derive(Debug, Clone, Copy)]
+pub enum StorageOp {
+    Get = 0,
+    List = 1,
+    Transact = 2,
+}
+
+/// What `sys/metrics` reads from the unsealed state when it renders.
+pub struct Gauges {
+    pub sealed: bool,
+    pub keyring_term: u64,
+    pub keyring_encryptions: u64,
+    pub keyring_rotate_at: u64,
+}
 
 impl Metrics {
     pub fn request(&self, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.requests[class].fetch_add(1, Relaxed);
+    }
+
+    pub fn request_latency(&self, route: usize, status: u16, elapsed: Duration) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.request_latency[route.min(ROUTES.len() - 1)][class].observe(elapsed);
+    }
+
+    /// The storage backend's name for the latency label (set once at start-up).
+    pub fn set_storage_backend(&self, backend: &'static str) {
+        let _ = self.storage_backend.set(backend);
+    }
+
+    pub fn storage_latency(&self, op: StorageOp, elapsed: Duration) {
+        self.storage_latency[op as usize].observe(elapsed);
+    }
+
+    /// One KMS call (`Encrypt` = 0, `Decrypt` = 1) and whether it succeeded.
+    pub fn kms_call(&self, decrypt: bool, succeeded: bool) {
+        self.kms_calls[usize::from(decrypt)][usize::from(!succeeded)].fetch_add(1, Relaxed);
+    }
+
+    pub fn token_created(&self) {
+        self.tokens_created.fetch_add(1, Relaxed);
     }
 
     pub fn audit_write(&self, succeeded: bool) {
@@ -108,7 +280,7 @@ impl Metrics {
         self.sealed_decrypts[usize::from(!current_epoch)].fetch_add(1, Relaxed);
     }
 
-    pub fn prometheus(&self) -> String {
+    pub fn prometheus(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -174,6 +346,78 @@ impl Metrics {
             "Entries written to audit devices, by result (a request no device records is refused).",
             &by_label("result", &["ok", "failed"], &self.audit_writes),
         );
+        let mut kms = Vec::new();
+        for (op, results) in KMS_OPS.iter().zip(&self.kms_calls) {
+            for (result, n) in ["ok", "failed"].iter().zip(results) {
+                kms.push((
+                    format!("{{operation=\"{op}\",result=\"{result}\"}}"),
+                    n.load(Relaxed),
+                ));
+            }
+        }
+        counter(
+            "kinko_kms_calls_total",
+            "AWS KMS calls of the seal by operation and result.",
+            &kms,
+        );
+        counter(
+            "kinko_tokens_created_total",
+            "Tokens created (auth/token/create and logins).",
+            &unlabelled(&self.tokens_created),
+        );
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        gauge(
+            "kinko_sealed",
+            "1 while sealed (sys/metrics answers only unsealed; see sys/health).",
+            u64::from(gauges.sealed),
+        );
+        gauge(
+            "kinko_keyring_term",
+            "The active keyring term.",
+            gauges.keyring_term,
+        );
+        gauge(
+            "kinko_keyring_term_encryptions",
+            "Encryptions reserved in the active term (the random-nonce budget used).",
+            gauges.keyring_encryptions,
+        );
+        gauge(
+            "kinko_keyring_term_rotate_at",
+            "Encryptions after which the term rotates by itself.",
+            gauges.keyring_rotate_at,
+        );
+        let name = "kinko_http_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} HTTP API request latency by route template and status class.\n# TYPE {name} histogram"
+        );
+        for (route, classes) in ROUTES.iter().zip(&self.request_latency) {
+            for (class, histogram) in STATUS_CLASSES.iter().zip(classes) {
+                histogram.render(
+                    &mut out,
+                    name,
+                    &format!("route=\"{route}\",code=\"{class}\""),
+                );
+            }
+        }
+        let name = "kinko_storage_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Storage backend call latency by backend and operation.\n# TYPE {name} histogram"
+        );
+        let backend = self.storage_backend.get().copied().unwrap_or("unknown");
+        for (op, histogram) in STORAGE_OPS.iter().zip(&self.storage_latency) {
+            histogram.render(
+                &mut out,
+                name,
+                &format!("backend=\"{backend}\",op=\"{op}\""),
+            );
+        }
         out
     }
 }

@@ -37,6 +37,7 @@ pub async fn assemble(config: &Config) -> anyhow::Result<Parts> {
             table,
         )),
     };
+    crate::metrics::METRICS.set_storage_backend(storage.kind());
     let seal: Arc<dyn Seal> = match &config.seal {
         SealConfig::File { key_file } => {
             let seal = FileSeal::new(key_file);

@@ -229,7 +229,10 @@ impl TokenStore {
             let current = parent.lock().expect("parent lock poisoned").clone();
             let (issued, writes) = self.issue(request.clone(), current.as_ref(), chosen_id.clone());
             match store.transact(writes).await {
-                Ok(()) => Ok(Attempt::Done(issued)),
+                Ok(()) => {
+                    crate::metrics::METRICS.token_created();
+                    Ok(Attempt::Done(issued))
+                }
                 Err(TransactError::Other(error)) => Err(error),
                 Err(TransactError::Conflict) => {
                     if store

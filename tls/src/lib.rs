@@ -6,9 +6,12 @@
 //! - [`serve`](mod@serve) — the serve loop: a bound listener, an axum `Router` and a shutdown
 //!   future, with every connection and request bounded in time and number ([`ServeLimits`]).
 //!
+//! - [`logging`] — the crypto provider and tracing set-up both binaries start with.
+//!
 //! Nothing here knows about secrets or storage, so the crate never depends on kinko-server.
 
 pub mod certs;
+pub mod logging;
 pub mod serve;
 
 pub use certs::{server_config, TlsError};

@@ -103,9 +103,19 @@ pub enum Reply {
 
 async fn entry(State(app): State<App>, request: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
+    // At error level so that it is never filtered out while anything inside it logs: every
+    // line of a request carries its id.
+    let span = tracing::error_span!("request", id = %request_id);
+    tracing::Instrument::instrument(serve_request(app, request, request_id), span).await
+}
+
+async fn serve_request(app: App, request: Request, request_id: String) -> Response {
+    let started = std::time::Instant::now();
     let audited = Audited::of(&app, &request);
+    let mut route_label = METRICS_UNKNOWN_ROUTE;
     let rendered = match parse(&app, request).await {
         Ok(req) => {
+            route_label = route_template(&app, &req);
             // Fail closed: a request no device could record is not served.
             if let Some(audit) = &audited {
                 if let Err(error) = audit.request(Some(&req), &request_id, "") {
@@ -139,7 +149,64 @@ async fn entry(State(app): State<App>, request: Request) -> Response {
             }
         }
     };
+    METRICS.request_latency(route_label, rendered.status.as_u16(), started.elapsed());
     rendered.into_response()
+}
+
+const METRICS_UNKNOWN_ROUTE: usize = crate::metrics::ROUTES.len() - 1;
+
+/// The route template of a request for its latency label: the kind of endpoint, never a mount
+/// name, a secret's path or anything else below it.
+fn route_template(app: &App, req: &Req) -> usize {
+    let path = req.path.trimmed();
+    let first = |rest: &str| rest.split('/').next().unwrap_or("").to_owned();
+    let template = if let Some(rest) = path.strip_prefix("sys/") {
+        let head = first(rest);
+        match head.as_str() {
+            "policy" | "policies" => "sys/policy".to_owned(),
+            "capabilities" | "capabilities-self" => "sys/capabilities".to_owned(),
+            "audit" | "audit-hash" => "sys/audit".to_owned(),
+            _ => format!("sys/{head}"),
+        }
+    } else if let Some(rest) = path.strip_prefix("sealed/") {
+        format!("sealed/{}", first(rest))
+    } else if let Some(rest) = path.strip_prefix("auth/token/") {
+        format!("auth/token/{}", first(rest))
+    } else if let Some(rest) = path.strip_prefix("auth/") {
+        match app.core.unsealed().ok().and_then(|u| {
+            u.auth
+                .resolve(rest)
+                .map(|(m, within)| (m.kind, first(within)))
+        }) {
+            Some((kind, head)) if kind == "kubernetes" => format!("auth/kubernetes/{head}"),
+            _ => "auth/other".to_owned(),
+        }
+    } else {
+        match app
+            .core
+            .unsealed()
+            .ok()
+            .and_then(|u| u.mounts.resolve(path).map(|(_, within)| first(within)))
+        {
+            Some(head) => format!("kv/{head}"),
+            None => "unknown".to_owned(),
+        }
+    };
+    let index = crate::metrics::route_index(&template);
+    if index != METRICS_UNKNOWN_ROUTE {
+        return index;
+    }
+    // A known family with an unknown endpoint.
+    let family = template.split('/').next().unwrap_or("");
+    let other = match family {
+        "sys" => "sys/other",
+        "sealed" => "sealed/other",
+        "kv" => "kv/other",
+        "auth" if template.starts_with("auth/token/") => "auth/token/other",
+        "auth" => "auth/other",
+        _ => "unknown",
+    };
+    crate::metrics::route_index(other)
 }
 
 /// What the audit devices need of a request that is audited: every request while unsealed

@@ -89,7 +89,15 @@ async fn route_unsealed(app: &App, u: &Unsealed, req: &Req, rest: &str) -> Resul
         ("capabilities-self", Operation::Write) => capabilities_self(req),
         ("metrics", Operation::Read) => {
             authorize(req, Capability::Read)?;
-            Ok(Reply::Text(crate::metrics::METRICS.prometheus()))
+            let keyring = u.store.keyring();
+            let term = keyring.active_term();
+            let gauges = crate::metrics::Gauges {
+                sealed: false,
+                keyring_term: u64::from(term.number),
+                keyring_encryptions: term.reserved,
+                keyring_rotate_at: crate::barrier::ROTATE_AT,
+            };
+            Ok(Reply::Text(crate::metrics::METRICS.prometheus(&gauges)))
         }
         _ => Err(Error::NotFound),
     }

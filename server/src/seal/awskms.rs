@@ -71,8 +71,9 @@ impl Seal for AwsKmsSeal {
             .plaintext(Blob::new(root_key.expose().to_vec()))
             .encryption_context(CONTEXT_KEY, cluster_id)
             .send()
-            .await
-            .map_err(|e| self.failure("Encrypt", e))?;
+            .await;
+        crate::metrics::METRICS.kms_call(false, output.is_ok());
+        let output = output.map_err(|e| self.failure("Encrypt", e))?;
         output
             .ciphertext_blob()
             .map(|blob| blob.as_ref().to_vec())
@@ -93,8 +94,9 @@ impl Seal for AwsKmsSeal {
             .ciphertext_blob(Blob::new(blob.to_vec()))
             .encryption_context(CONTEXT_KEY, cluster_id)
             .send()
-            .await
-            .map_err(|e| self.failure("Decrypt", e))?;
+            .await;
+        crate::metrics::METRICS.kms_call(true, output.is_ok());
+        let output = output.map_err(|e| self.failure("Decrypt", e))?;
         let plaintext = zeroize::Zeroizing::new(
             output
                 .plaintext()
