@@ -245,12 +245,7 @@ async fn the_audit_file_records_every_request_without_any_secret_and_metrics_par
     );
 
     // Metrics: the Prometheus parser reads them; the latency histogram of KV reads moves.
-    let metrics = || async {
-        root.text(Method::GET, "sys/metrics")
-            .await
-            .unwrap()
-            .1
-    };
+    let metrics = || async { root.text(Method::GET, "sys/metrics").await.unwrap().1 };
     let kv_reads = |text: &str| {
         parsed_samples(text, "kinko_http_request_duration_seconds")
             .into_iter()

@@ -117,14 +117,6 @@ pub const ROUTES: [&str; 40] = [
     "unknown",
 ];
 
-/// The index of a route template in [`ROUTES`] (`unknown` for anything else).
-pub fn route_index(template: &str) -> usize {
-    ROUTES
-        .iter()
-        .position(|r| *r == template)
-        .unwrap_or(ROUTES.len() - 1)
-}
-
 const STORAGE_OPS: [&str; 3] = ["get", "list", "transact"];
 const KMS_OPS: [&str; 2] = ["Encrypt", "Decrypt"];
 

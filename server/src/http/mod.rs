@@ -112,19 +112,18 @@ async fn entry(State(app): State<App>, request: Request) -> Response {
 async fn serve_request(app: App, request: Request, request_id: String) -> Response {
     let started = std::time::Instant::now();
     let audited = Audited::of(&app, &request);
-    let mut route_label = METRICS_UNKNOWN_ROUTE;
+    let mut route = UNKNOWN_ROUTE;
     let rendered = match parse(&app, request).await {
         Ok(req) => {
-            route_label = route_template(&app, &req);
             // Fail closed: a request no device could record is not served.
             if let Some(audit) = &audited {
                 if let Err(error) = audit.request(Some(&req), &request_id, "") {
                     return render(Err(error), &request_id).into_response();
                 }
             }
-            let result = route(&app, &req)
-                .await
-                .map(|reply| (reply, mount_type(req.path.as_str())));
+            let (label, result) = self::route(&app, &req).await;
+            route = label;
+            let result = result.map(|reply| (reply, mount_type(req.path.as_str())));
             let rendered = render(result, &request_id);
             match &audited {
                 Some(audit) => audit.response(Some(&req), &request_id, rendered),
@@ -149,64 +148,8 @@ async fn serve_request(app: App, request: Request, request_id: String) -> Respon
             }
         }
     };
-    METRICS.request_latency(route_label, rendered.status.as_u16(), started.elapsed());
+    METRICS.request_latency(route, rendered.status.as_u16(), started.elapsed());
     rendered.into_response()
-}
-
-const METRICS_UNKNOWN_ROUTE: usize = crate::metrics::ROUTES.len() - 1;
-
-/// The route template of a request for its latency label: the kind of endpoint, never a mount
-/// name, a secret's path or anything else below it.
-fn route_template(app: &App, req: &Req) -> usize {
-    let path = req.path.trimmed();
-    let first = |rest: &str| rest.split('/').next().unwrap_or("").to_owned();
-    let template = if let Some(rest) = path.strip_prefix("sys/") {
-        let head = first(rest);
-        match head.as_str() {
-            "policy" | "policies" => "sys/policy".to_owned(),
-            "capabilities" | "capabilities-self" => "sys/capabilities".to_owned(),
-            "audit" | "audit-hash" => "sys/audit".to_owned(),
-            _ => format!("sys/{head}"),
-        }
-    } else if let Some(rest) = path.strip_prefix("sealed/") {
-        format!("sealed/{}", first(rest))
-    } else if let Some(rest) = path.strip_prefix("auth/token/") {
-        format!("auth/token/{}", first(rest))
-    } else if let Some(rest) = path.strip_prefix("auth/") {
-        match app.core.unsealed().ok().and_then(|u| {
-            u.auth
-                .resolve(rest)
-                .map(|(m, within)| (m.kind, first(within)))
-        }) {
-            Some((kind, head)) if kind == "kubernetes" => format!("auth/kubernetes/{head}"),
-            _ => "auth/other".to_owned(),
-        }
-    } else {
-        match app
-            .core
-            .unsealed()
-            .ok()
-            .and_then(|u| u.mounts.resolve(path).map(|(_, within)| first(within)))
-        {
-            Some(head) => format!("kv/{head}"),
-            None => "unknown".to_owned(),
-        }
-    };
-    let index = crate::metrics::route_index(&template);
-    if index != METRICS_UNKNOWN_ROUTE {
-        return index;
-    }
-    // A known family with an unknown endpoint.
-    let family = template.split('/').next().unwrap_or("");
-    let other = match family {
-        "sys" => "sys/other",
-        "sealed" => "sealed/other",
-        "kv" => "kv/other",
-        "auth" if template.starts_with("auth/token/") => "auth/token/other",
-        "auth" => "auth/other",
-        _ => "unknown",
-    };
-    crate::metrics::route_index(other)
 }
 
 /// What the audit devices need of a request that is audited: every request while unsealed
@@ -392,30 +335,69 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
     })
 }
 
-async fn route(app: &App, req: &Req) -> Result<Reply> {
+/// Routes a request; also names its route template (for the latency histogram), from the
+/// same resolution the routing made.
+async fn route(app: &App, req: &Req) -> (usize, Result<Reply>) {
     let path = req.path.trimmed();
-    if path == "sys" || path.starts_with("sys/") {
-        return sys::route(app, req).await;
+    fn head(rest: &str) -> &str {
+        rest.split('/').next().unwrap_or("")
     }
-    let unsealed = app.core.unsealed()?;
+    if path == "sys" || path.starts_with("sys/") {
+        let rest = path.strip_prefix("sys/").unwrap_or("");
+        let endpoint = match rest.split('/').next().unwrap_or("") {
+            "policy" | "policies" => "policy",
+            "capabilities" | "capabilities-self" => "capabilities",
+            "audit" | "audit-hash" => "audit",
+            other => other,
+        };
+        return (route_label("sys", endpoint), sys::route(app, req).await);
+    }
+    let unsealed = match app.core.unsealed() {
+        Ok(unsealed) => unsealed,
+        Err(error) => return (UNKNOWN_ROUTE, Err(error)),
+    };
     if let Some(rest) = path.strip_prefix("sealed/") {
-        return sealed::route(&unsealed, req, rest).await;
+        let label = route_label("sealed", head(rest));
+        return (label, sealed::route(&unsealed, req, rest).await);
     }
     if let Some(rest) = path.strip_prefix("auth/") {
         if let Some(rest) = rest.strip_prefix("token/") {
-            return token::route(&unsealed, req, rest).await;
+            let label = route_label("auth/token", head(rest));
+            return (label, token::route(&unsealed, req, rest).await);
         }
         return match unsealed.auth.resolve(rest) {
-            Some((mount, rest)) if mount.kind == "kubernetes" => {
-                kubernetes::route(&unsealed, req, &mount, rest).await
-            }
-            _ => Err(Error::NotFound),
+            Some((mount, rest)) if mount.kind == "kubernetes" => (
+                route_label("auth/kubernetes", head(rest)),
+                kubernetes::route(&unsealed, req, &mount, rest).await,
+            ),
+            _ => (route_label("auth", ""), Err(Error::NotFound)),
         };
     }
     match unsealed.mounts.resolve(path) {
-        Some((mount, rest)) => kv::route(&unsealed, req, &mount, rest).await,
-        None => Err(Error::NotFound),
+        Some((mount, rest)) => (
+            route_label("kv", head(rest)),
+            kv::route(&unsealed, req, &mount, rest).await,
+        ),
+        None => (UNKNOWN_ROUTE, Err(Error::NotFound)),
     }
+}
+
+const UNKNOWN_ROUTE: usize = crate::metrics::ROUTES.len() - 1;
+
+/// The index in `metrics::ROUTES` of `family/endpoint`, else of `family/other`: fixed strings
+/// only, never a mount name or anything else below the endpoint.
+fn route_label(family: &str, endpoint: &str) -> usize {
+    let named = |wanted: &str| {
+        crate::metrics::ROUTES.iter().position(|route| {
+            route
+                .strip_prefix(family)
+                .and_then(|r| r.strip_prefix('/'))
+                .is_some_and(|r| r == wanted)
+        })
+    };
+    named(endpoint)
+        .or_else(|| named("other"))
+        .unwrap_or(UNKNOWN_ROUTE)
 }
 
 /// The presented token: `X-Vault-Token` wins over `Authorization: Bearer` when both are sent.
@@ -670,5 +652,31 @@ pub fn render(result: Result<(Reply, &'static str)>, request_id: &str) -> Render
             }
             rendered
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels_are_fixed_strings_whatever_the_path() {
+        let name = |i: usize| crate::metrics::ROUTES[i];
+        assert_eq!(name(route_label("kv", "data")), "kv/data");
+        assert_eq!(name(route_label("kv", "my-secret-name")), "kv/other");
+        assert_eq!(
+            name(route_label("auth/token", "create")),
+            "auth/token/create"
+        );
+        assert_eq!(name(route_label("auth/token", "x")), "auth/token/other");
+        assert_eq!(
+            name(route_label("auth/kubernetes", "login")),
+            "auth/kubernetes/login"
+        );
+        assert_eq!(name(route_label("auth", "")), "auth/other");
+        assert_eq!(name(route_label("sys", "policy")), "sys/policy");
+        assert_eq!(name(route_label("sys", "anything")), "sys/other");
+        assert_eq!(name(route_label("sealed", "decrypt")), "sealed/decrypt");
+        assert_eq!(name(route_label("nope", "x")), "unknown");
     }
 }
