@@ -40,14 +40,17 @@ impl Histogram {
 
     /// The samples of one labelled series (`labels` without braces, e.g. `route="kv/data"`).
     fn render(&self, out: &mut String, name: &str, labels: &str) {
+        // Buckets before the count: under load the count may only be ahead of them, so no
+        // bucket ever exceeds `+Inf`.
+        let buckets: Vec<u64> = self.buckets.iter().map(|n| n.load(Relaxed)).collect();
         let count = self.count.load(Relaxed);
         if count == 0 {
             return;
         }
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
-        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Relaxed);
+        for (bound, n) in BUCKETS.iter().zip(buckets) {
+            cumulative += n;
             let _ = writeln!(
                 out,
                 "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
@@ -192,9 +195,8 @@ pub enum StorageOp {
 /// What `sys/metrics` reads from the unsealed state when it renders.
 pub struct Gauges {
     pub sealed: bool,
-    pub keyring_term: u64,
-    pub keyring_encryptions: u64,
-    pub keyring_rotate_at: u64,
+    /// The active term's number, encryptions reserved, and the rotation point (unsealed only).
+    pub keyring: Option<(u64, u64, u64)>,
 }
 
 impl Metrics {
@@ -365,24 +367,22 @@ impl Metrics {
         };
         gauge(
             "kinko_sealed",
-            "1 while sealed (sys/metrics answers only unsealed; see sys/health).",
+            "1 while this replica is sealed (then sys/metrics answers without a token).",
             u64::from(gauges.sealed),
         );
-        gauge(
-            "kinko_keyring_term",
-            "The active keyring term.",
-            gauges.keyring_term,
-        );
-        gauge(
-            "kinko_keyring_term_encryptions",
-            "Encryptions reserved in the active term (the random-nonce budget used).",
-            gauges.keyring_encryptions,
-        );
-        gauge(
-            "kinko_keyring_term_rotate_at",
-            "Encryptions after which the term rotates by itself.",
-            gauges.keyring_rotate_at,
-        );
+        if let Some((term, encryptions, rotate_at)) = gauges.keyring {
+            gauge("kinko_keyring_term", "The active keyring term.", term);
+            gauge(
+                "kinko_keyring_term_encryptions",
+                "Encryptions reserved in the active term (the random-nonce budget used).",
+                encryptions,
+            );
+            gauge(
+                "kinko_keyring_term_rotate_at",
+                "Encryptions after which the term rotates by itself.",
+                rotate_at,
+            );
+        }
         let name = "kinko_http_request_duration_seconds";
         let _ = writeln!(
             out,

@@ -94,6 +94,16 @@ pub struct Caller {
     pub use_limited: bool,
 }
 
+/// A token found valid whose use, if limited, is not spent yet ([`TokenStore::spend`]).
+pub struct Found(Caller);
+
+impl Found {
+    /// The caller as found (for a limited token: before this request's use).
+    pub fn caller(&self) -> &Caller {
+        &self.0
+    }
+}
+
 pub struct TokenStore {
     key: Key256,
     /// Entries of unlimited-use tokens with their versions, by hash (see `cache` for the
@@ -295,46 +305,64 @@ impl TokenStore {
             .map(|(entry, _)| (hash, entry)))
     }
 
-    /// Authenticates a presented token and spends one use of a limited-use token. A use is
-    /// spent by a conditional write on the entry, so an N-use token serves exactly N requests
-    /// however many race for it, on one replica or several.
-    pub async fn authenticate(
-        &self,
-        store: &EncryptedStorage,
-        token: &str,
-    ) -> Result<Option<Caller>> {
+    /// Finds the caller of a presented token without spending anything: a limited-use token's
+    /// use is spent by [`TokenStore::spend`] once the request may go on (after its audit entry).
+    pub async fn find(&self, store: &EncryptedStorage, token: &str) -> Result<Option<Found>> {
         if token.is_empty() || token.len() > 512 {
             return Ok(None);
         }
         let hash = self.hash(token);
         if let Some((entry, version)) = self.entries.get(&hash) {
             if entry.expire_time.is_none_or(|at| at > now_unix()) {
-                return Ok(Some(Caller {
+                return Ok(Some(Found(Caller {
                     hash,
                     entry,
                     version,
                     use_limited: false,
-                }));
+                })));
             }
         }
         let generation = self.entries.generation();
         let Some((entry, version)) = self.lookup_hash(store, &hash).await? else {
             return Ok(None);
         };
-        if entry.num_uses == 0 {
+        let use_limited = entry.num_uses > 0;
+        if !use_limited {
             // Limited-use tokens are never cached: every use must be counted in storage.
             self.entries.insert_unless_invalidated(
                 generation,
                 hash.clone(),
                 (entry.clone(), version),
             );
-            return Ok(Some(Caller {
-                hash,
-                entry,
-                version,
-                use_limited: false,
-            }));
         }
+        Ok(Some(Found(Caller {
+            hash,
+            entry,
+            version,
+            use_limited,
+        })))
+    }
+
+    /// Authenticates a presented token: [`TokenStore::find`] then [`TokenStore::spend`].
+    pub async fn authenticate(
+        &self,
+        store: &EncryptedStorage,
+        token: &str,
+    ) -> Result<Option<Caller>> {
+        match self.find(store, token).await? {
+            Some(found) => self.spend(store, found).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The caller of a found token, its use spent if it has a use limit (`None`: the uses ran
+    /// out or it was revoked since it was found).
+    pub async fn spend(&self, store: &EncryptedStorage, found: Found) -> Result<Option<Caller>> {
+        let Found(caller) = found;
+        if !caller.use_limited {
+            return Ok(Some(caller));
+        }
+        let hash = caller.hash;
         let queued = self.use_lock(&hash).await;
         let hash_ref = &hash;
         let spent = on_conflict("the token's use count", || async move {

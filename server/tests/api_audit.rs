@@ -11,6 +11,15 @@ use serde_json::{json, Value};
 use support::{Answer, TestServer, ROOT};
 
 const CANARY: &str = "audit-canary-value-4f1c";
+const SEALED_CANARY: &str = "audit-sealed-plaintext-77d2";
+
+/// `reopen_files` (SIGHUP) reaches every file device of the process: the tests that call it
+/// or count entries across it take turns.
+static REOPENS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn b64(text: &str) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, text)
+}
 
 async fn enable(s: &TestServer, name: &str, file: &std::path::Path) -> Answer {
     s.post(
@@ -102,6 +111,25 @@ async fn every_request_and_response_is_recorded_with_values_and_tokens_hashed() 
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
     let unknown = s.get("/v1/secret/data/app/db", "kks.not-a-token").await;
     assert_eq!(unknown.status, StatusCode::FORBIDDEN);
+    let sealed = s
+        .post(
+            "/v1/sealed/encrypt",
+            ROOT,
+            json!({ "namespace": "shop", "service_account": "api", "name": "DB", "plaintext": b64(SEALED_CANARY) }),
+        )
+        .await;
+    let ciphertext = sealed.body["data"]["ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let compared = s
+        .post(
+            "/v1/sealed/compare",
+            ROOT,
+            json!({ "ciphertext": ciphertext, "plaintext": b64(SEALED_CANARY) }),
+        )
+        .await;
+    assert_eq!(compared.body["data"]["match"], true);
     let _ = s.request("GET", "/v1/sys/health", None, None).await;
 
     let all = entries(&file);
@@ -115,7 +143,7 @@ async fn every_request_and_response_is_recorded_with_values_and_tokens_hashed() 
     }
     // One request and one response entry per request (the enable itself was not audited yet;
     // health probes never are).
-    assert_eq!(by_id.len(), 6, "{all:#?}");
+    assert_eq!(by_id.len(), 8, "{all:#?}");
     for pair in by_id.values() {
         let kinds: Vec<_> = pair.iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["request", "response"]);
@@ -123,7 +151,16 @@ async fn every_request_and_response_is_recorded_with_values_and_tokens_hashed() 
     assert!(all.iter().all(|e| e["request"]["path"] != "sys/health"));
 
     let text = std::fs::read_to_string(&file).unwrap();
-    for secret in [CANARY, ROOT, child.as_str(), "kks.not-a-token"] {
+    let sealed_b64 = b64(SEALED_CANARY);
+    for secret in [
+        CANARY,
+        ROOT,
+        child.as_str(),
+        "kks.not-a-token",
+        SEALED_CANARY,
+        sealed_b64.as_str(),
+        ciphertext.as_str(),
+    ] {
         assert!(!text.contains(secret), "{secret} is in the audit log");
     }
     // An operator with the value finds where it was written and read.
@@ -198,6 +235,7 @@ async fn every_request_and_response_is_recorded_with_values_and_tokens_hashed() 
 
 #[tokio::test]
 async fn a_request_no_device_can_record_is_not_served_and_one_working_device_is_enough() {
+    let _turn = REOPENS.lock().await;
     let s = TestServer::start().await;
     let file = s.dir.path().join("audit.log");
     assert_eq!(
@@ -268,6 +306,7 @@ async fn a_request_no_device_can_record_is_not_served_and_one_working_device_is_
 
 #[tokio::test]
 async fn after_a_rename_and_sighup_entries_go_to_the_new_file() {
+    let _turn = REOPENS.lock().await;
     let s = TestServer::start().await;
     let file = s.dir.path().join("audit.log");
     assert_eq!(
@@ -321,4 +360,77 @@ async fn a_device_that_cannot_be_opened_is_refused_and_bad_options_are_named() {
     assert_eq!(listed.body["data"], json!({}));
     // Requests go on unaudited while no device is enabled (as in Vault).
     assert_eq!(s.get("/v1/sys/mounts", ROOT).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_refused_request_spends_no_use_and_a_replica_that_cannot_open_its_device_fails_closed() {
+    let _turn = REOPENS.lock().await;
+    let s = TestServer::start().await;
+    let file = s.dir.path().join("audit.log");
+    assert_eq!(
+        enable(&s, "file", &file).await.status,
+        StatusCode::NO_CONTENT
+    );
+    s.put_secret("app/db", ROOT, json!({ "password": "v" }))
+        .await;
+    s.write_policy(
+        "reader",
+        "path \"secret/data/*\" { capabilities = [\"read\"] }",
+    )
+    .await;
+    let once = s
+        .post(
+            "/v1/auth/token/create",
+            ROOT,
+            json!({ "policies": ["reader"], "num_uses": 1 }),
+        )
+        .await;
+    let once = once.body["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // This replica restarts (seal, unseal) while its audit file cannot be opened: the device
+    // is kept, and every request fails closed until the file can be written.
+    std::fs::rename(&file, s.dir.path().join("audit.log.1")).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    s.core.seal().await;
+    s.core.unseal_with_seal().await.unwrap();
+    let refused = s.get("/v1/secret/data/app/db", &once).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{:?}",
+        refused.body
+    );
+    let listed = s.get("/v1/sys/audit", ROOT).await;
+    assert_eq!(listed.status, StatusCode::INTERNAL_SERVER_ERROR);
+
+    // Writable again: the one-use token still has its use.
+    std::fs::remove_dir(&file).unwrap();
+    let served = s.get("/v1/secret/data/app/db", &once).await;
+    assert_eq!(served.status, StatusCode::OK, "{:?}", served.body);
+    assert_eq!(served.body["data"]["data"]["password"], "v");
+    let spent = s.get("/v1/secret/data/app/db", &once).await;
+    assert_eq!(spent.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_sealed_replica_answers_its_metrics_without_a_token() {
+    let s = TestServer::start().await;
+    let unsealed = s.request("GET", "/v1/sys/metrics", None, None).await;
+    assert_eq!(
+        unsealed.status,
+        StatusCode::FORBIDDEN,
+        "a token while unsealed"
+    );
+    let text = String::from_utf8(s.get("/v1/sys/metrics", ROOT).await.raw).unwrap();
+    assert!(text.lines().any(|l| l == "kinko_sealed 0"), "{text}");
+    assert!(text.contains("kinko_keyring_term "), "{text}");
+    s.core.seal().await;
+    let sealed = s.request("GET", "/v1/sys/metrics", None, None).await;
+    assert_eq!(sealed.status, StatusCode::OK);
+    let text = String::from_utf8(sealed.raw).unwrap();
+    assert!(text.lines().any(|l| l == "kinko_sealed 1"), "{text}");
+    assert!(!text.contains("kinko_keyring_term "), "{text}");
 }

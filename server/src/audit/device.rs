@@ -67,13 +67,24 @@ struct FileSink {
 }
 
 impl FileSink {
+    /// Opens for appending a regular file (created with `mode`, and set to it): not through a
+    /// symlink, and never blocking on a FIFO.
     fn open(path: &std::path::Path, mode: u32) -> std::io::Result<std::fs::File> {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(mode)
-            .open(path)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)?;
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        if metadata.permissions().mode() & 0o777 != mode {
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(file)
     }
 
     fn write(&self, line: &[u8]) -> std::io::Result<()> {
@@ -98,8 +109,24 @@ pub struct Device {
     sink: Sink,
 }
 
+/// Options a device takes; anything else (Vault's `log_raw`, `hmac_accessor`, `format`, …) is
+/// refused rather than silently ignored.
+const KNOWN_OPTIONS: [&str; 2] = ["file_path", "mode"];
+
 impl Device {
-    fn open(config: DeviceConfig) -> Result<Device> {
+    /// Opens a device; with `must_open`, a file that cannot be opened now is an error (enable),
+    /// else the device is kept and retries on its next write (a replica loading the table must
+    /// fail its requests closed, not drop the device).
+    fn open(config: DeviceConfig, must_open: bool) -> Result<Device> {
+        if let Some(unknown) = config
+            .options
+            .keys()
+            .find(|k| !KNOWN_OPTIONS.contains(&k.as_str()))
+        {
+            return Err(Error::BadRequest(format!(
+                "audit device option {unknown:?} is not supported: kinko takes file_path and mode"
+            )));
+        }
         let key = hex::decode(&config.salt)
             .ok()
             .and_then(|bytes| Key256::from_slice(&bytes))
@@ -126,16 +153,24 @@ impl Device {
                     if !path.is_absolute() {
                         return Err(Error::bad_request("options.file_path must be absolute"));
                     }
-                    let file = FileSink::open(&path, mode).map_err(|e| {
-                        Error::BadRequest(format!(
-                            "cannot open the audit file {}: {e}",
-                            path.display()
-                        ))
-                    })?;
+                    let file = match FileSink::open(&path, mode) {
+                        Ok(file) => Some(file),
+                        Err(error) if must_open => {
+                            return Err(Error::BadRequest(format!(
+                                "cannot open the audit file {}: {error}",
+                                path.display()
+                            )))
+                        }
+                        Err(error) => {
+                            tracing::error!(path = %path.display(), %error,
+                                "cannot open an audit file; requests fail until it can be written");
+                            None
+                        }
+                    };
                     Sink::File(FileSink {
                         path,
                         mode,
-                        file: Mutex::new((Some(file), REOPEN_GENERATION.load(Ordering::Relaxed))),
+                        file: Mutex::new((file, REOPEN_GENERATION.load(Ordering::Relaxed))),
                     })
                 }
             }
@@ -166,6 +201,9 @@ impl Device {
 #[derive(Default)]
 pub struct AuditDevices {
     devices: RwLock<Arc<Vec<Arc<Device>>>>,
+    /// Serialises reload, enable and disable, so the refresh never swaps in a list older than
+    /// a change made here.
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl AuditDevices {
@@ -182,19 +220,17 @@ impl AuditDevices {
 
     /// Re-reads the table; devices whose configuration is unchanged are kept open.
     pub async fn reload(&self, store: &EncryptedStorage) -> Result<()> {
+        let _changing = self.changes.lock().await;
         let (configs, _) = stored(store).await?;
         let now = self.current();
         let mut next = Vec::with_capacity(configs.len());
         for config in configs {
             match now.iter().find(|d| d.config == config) {
                 Some(device) => next.push(device.clone()),
-                None => match Device::open(config) {
+                None => match Device::open(config, false) {
                     Ok(device) => next.push(Arc::new(device)),
-                    // Kept out: this replica then has one device fewer, and fails closed if
-                    // none is left, rather than skipping the table.
-                    Err(error) => {
-                        tracing::error!(%error, "cannot open an audit device on this replica")
-                    }
+                    // Only a corrupt entry (a bad salt) lands here: fail closed on it too.
+                    Err(error) => return Err(error),
                 },
             }
         }
@@ -218,7 +254,8 @@ impl AuditDevices {
             salt: hex::encode(Key256::generate().expose()),
         };
         // Opened first: a device that cannot write is refused, not stored.
-        let device = Arc::new(Device::open(config.clone())?);
+        let device = Arc::new(Device::open(config.clone(), true)?);
+        let _changing = self.changes.lock().await;
         on_conflict("the audit device table", || async {
             let (mut configs, precondition) = stored(store).await?;
             if configs.iter().any(|c| c.path == config.path) {
@@ -242,6 +279,7 @@ impl AuditDevices {
 
     /// `false` if no device is enabled at `path`.
     pub async fn disable(&self, store: &EncryptedStorage, path: &str) -> Result<bool> {
+        let _changing = self.changes.lock().await;
         let removed = on_conflict("the audit device table", || async {
             let (mut configs, precondition) = stored(store).await?;
             let before = configs.len();

@@ -18,7 +18,11 @@ use crate::tokens::TokenEntry;
 
 /// A device's HMAC key: under the barrier with the device table, so hashes are stable across
 /// restarts and replicas, and only the server (or `sys/audit-hash`) can produce them.
-pub struct Salt(Key256);
+pub struct Salt {
+    key: Key256,
+    /// The HMAC keyed once; each hash clones it.
+    keyed: hmac::Hmac<sha2::Sha256>,
+}
 
 impl std::fmt::Debug for Salt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -28,17 +32,18 @@ impl std::fmt::Debug for Salt {
 
 impl Salt {
     pub fn new(key: Key256) -> Salt {
-        Salt(key)
+        let keyed = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.expose())
+            .expect("HMAC takes any key length");
+        Salt { key, keyed }
     }
 
     pub fn expose(&self) -> &Key256 {
-        &self.0
+        &self.key
     }
 
     /// `hmac-sha256:<hex>` of `text`, as Vault writes hashed values.
     pub fn hash(&self, text: &str) -> String {
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.0.expose())
-            .expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         mac.update(text.as_bytes());
         format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
     }
@@ -50,14 +55,16 @@ impl Salt {
             Value::Array(items) => {
                 Value::Array(items.iter().map(|v| self.hash_strings(v)).collect())
             }
-            Value::Object(fields) => Value::Object(
-                fields
-                    .iter()
-                    .map(|(k, v)| (k.clone(), self.hash_strings(v)))
-                    .collect(),
-            ),
+            Value::Object(fields) => Value::Object(self.hash_fields(fields)),
             other => other.clone(),
         }
+    }
+
+    fn hash_fields(&self, fields: &Map<String, Value>) -> Map<String, Value> {
+        fields
+            .iter()
+            .map(|(k, v)| (k.clone(), self.hash_strings(v)))
+            .collect()
     }
 }
 
@@ -86,7 +93,17 @@ pub struct ResponseRecord<'a> {
 
 fn auth_block(salt: &Salt, token: Option<&TokenEntry>, client_token: Option<&str>) -> Value {
     let Some(entry) = token else {
-        return Value::Null;
+        // No token (a login, init) or one that did not authenticate: Vault writes the object.
+        return json!({
+            "client_token": client_token.map(|t| salt.hash(t)).unwrap_or_default(),
+            "accessor": "",
+            "display_name": "",
+            "policies": [],
+            "token_policies": [],
+            "metadata": {},
+            "entity_id": "",
+            "token_type": "",
+        });
     };
     json!({
         "client_token": client_token.map(|t| salt.hash(t)).unwrap_or_default(),
@@ -115,7 +132,7 @@ fn request_block(salt: &Salt, record: &RequestRecord<'_>) -> Value {
         "remote_port": record.remote.map_or(0, |a| a.port()),
     });
     if let Some(body) = record.body.filter(|b| !b.is_empty()) {
-        block["data"] = salt.hash_strings(&Value::Object(body.clone()));
+        block["data"] = Value::Object(salt.hash_fields(body));
     }
     block
 }
@@ -141,10 +158,19 @@ pub fn response_entry(
     let mut block = json!({ "mount_type": record.mount_type, "status": response.status });
     let mut error = String::new();
     if let Some(body) = response.body {
-        for field in ["data", "auth"] {
-            if let Some(value) = body.get(field).filter(|v| !v.is_null()) {
-                block[field] = salt.hash_strings(value);
+        if let Some(data) = body.get("data").filter(|v| !v.is_null()) {
+            block["data"] = salt.hash_strings(data);
+        }
+        // As Vault: the issued token and its accessor hashed; policies and metadata readable.
+        if let Some(Value::Object(auth)) = body.get("auth") {
+            let mut auth = auth.clone();
+            for secret in ["client_token", "accessor"] {
+                if let Some(Value::String(text)) = auth.get(secret) {
+                    let hashed = salt.hash(text);
+                    auth.insert(secret.to_owned(), Value::String(hashed));
+                }
             }
+            block["auth"] = Value::Object(auth);
         }
         if let Some(errors) = body.get("errors").and_then(Value::as_array) {
             error = errors

@@ -72,6 +72,8 @@ pub struct Req {
     pub body: Body,
     /// The token's caller and ACL, for every endpoint that takes a token.
     caller: Option<(Caller, Arc<Acl>)>,
+    /// A limited-use token's use, spent once the request's audit entry is written.
+    unspent_use: Option<crate::tokens::Found>,
     /// Held while a token-less request is served.
     _token_less_permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -114,20 +116,30 @@ async fn serve_request(app: App, request: Request, request_id: String) -> Respon
     let audited = Audited::of(&app, &request);
     let mut route = UNKNOWN_ROUTE;
     let rendered = match parse(&app, request).await {
-        Ok(req) => {
-            // Fail closed: a request no device could record is not served.
-            if let Some(audit) = &audited {
-                if let Err(error) = audit.request(Some(&req), &request_id, "") {
-                    return render(Err(error), &request_id).into_response();
+        Ok(mut req) => {
+            // Fail closed: a request no device could record is not served, and costs nothing.
+            let recorded = match &audited {
+                Some(audit) => audit.request(Some(&req), &request_id, ""),
+                None => Ok(()),
+            };
+            match recorded {
+                Err(error) => render(Err(error), &request_id),
+                Ok(()) => {
+                    let result = match req.spend_use(&app).await {
+                        Ok(()) => {
+                            let (label, result) = self::route(&app, &req).await;
+                            route = label;
+                            result
+                        }
+                        Err(error) => Err(error),
+                    };
+                    let result = result.map(|reply| (reply, mount_type(req.path.as_str())));
+                    let rendered = render(result, &request_id);
+                    match &audited {
+                        Some(audit) => audit.response(Some(&req), &request_id, rendered),
+                        None => rendered,
+                    }
                 }
-            }
-            let (label, result) = self::route(&app, &req).await;
-            route = label;
-            let result = result.map(|reply| (reply, mount_type(req.path.as_str())));
-            let rendered = render(result, &request_id);
-            match &audited {
-                Some(audit) => audit.response(Some(&req), &request_id, rendered),
-                None => rendered,
             }
         }
         Err(error) => {
@@ -291,19 +303,21 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
         )?;
     // The token is checked before the body is read: without a valid one, nothing is buffered
     // beyond the small limit of the endpoints that take no token.
-    let (caller, token_less_permit, body_limit) = if is_unauthenticated(&app.core, &path) {
-        let permit = app
-            .token_less
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::Overloaded("too many requests without a token in flight"))?;
-        let limit = UNAUTHENTICATED_MAX_BODY_BYTES.min(app.max_body_bytes);
-        (None, Some(permit), limit)
-    } else {
-        let unsealed = app.core.unsealed()?;
-        let caller = authenticate_token(&unsealed, &parts.headers).await?;
-        (Some(caller), None, app.max_body_bytes)
-    };
+    let (caller, unspent_use, token_less_permit, body_limit) =
+        if is_unauthenticated(&app.core, &path) {
+            let permit =
+                app.token_less.clone().try_acquire_owned().map_err(|_| {
+                    Error::Overloaded("too many requests without a token in flight")
+                })?;
+            let limit = UNAUTHENTICATED_MAX_BODY_BYTES.min(app.max_body_bytes);
+            (None, None, Some(permit), limit)
+        } else {
+            let unsealed = app.core.unsealed()?;
+            let (found, acl) = find_token(&unsealed, &parts.headers).await?;
+            let caller = Some((found.caller().clone(), acl));
+            let unspent = found.caller().use_limited.then_some(found);
+            (caller, unspent, None, app.max_body_bytes)
+        };
     let bytes = axum::body::to_bytes(body, body_limit)
         .await
         .map_err(|error| {
@@ -331,8 +345,29 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
         headers: parts.headers,
         body,
         caller,
+        unspent_use,
         _token_less_permit: token_less_permit,
     })
+}
+
+impl Req {
+    /// Spends a limited-use token's use (after the request entry is recorded, so a request
+    /// refused for want of an audit device costs nothing). 403 if the uses ran out meanwhile.
+    async fn spend_use(&mut self, app: &App) -> Result<()> {
+        let Some(found) = self.unspent_use.take() else {
+            return Ok(());
+        };
+        let unsealed = app.core.unsealed()?;
+        let caller = unsealed
+            .tokens
+            .spend(&unsealed.store, found)
+            .await?
+            .ok_or(Error::PermissionDenied)?;
+        if let Some((spent, _)) = &mut self.caller {
+            *spent = caller;
+        }
+        Ok(())
+    }
 }
 
 /// Routes a request; also names its route template (for the latency histogram), from the
@@ -425,22 +460,23 @@ pub fn authorize(req: &Req, capability: Capability) -> Result<Caller> {
     Ok(caller)
 }
 
-/// Authenticates the presented token: once per request, so a limited-use token spends one use.
-async fn authenticate_token(
+/// Finds the presented token's caller and ACL: once per request, so a limited-use token
+/// spends one use (in [`Req::spend_use`]).
+async fn find_token(
     unsealed: &Unsealed,
     headers: &HeaderMap,
-) -> Result<(Caller, Arc<Acl>)> {
+) -> Result<(crate::tokens::Found, Arc<Acl>)> {
     let token = presented_token(headers).ok_or(Error::PermissionDenied)?;
-    let caller = unsealed
+    let found = unsealed
         .tokens
-        .authenticate(&unsealed.store, token)
+        .find(&unsealed.store, token)
         .await?
         .ok_or(Error::PermissionDenied)?;
     let acl = unsealed
         .policies
-        .acl(&unsealed.store, &caller.entry.policies)
+        .acl(&unsealed.store, &found.caller().entry.policies)
         .await?;
-    Ok((caller, acl))
+    Ok((found, acl))
 }
 
 /// The endpoints that take no token: seal lifecycle and status, logins, and the public keys
@@ -450,7 +486,8 @@ async fn authenticate_token(
 fn is_unauthenticated(core: &Core, path: &LogicalPath) -> bool {
     let path = path.trimmed();
     if let Some(sys) = path.strip_prefix("sys/") {
-        return matches!(sys, "health" | "seal-status" | "init" | "unseal" | "leader");
+        return matches!(sys, "health" | "seal-status" | "init" | "unseal" | "leader")
+            || (sys == "metrics" && core.unsealed().is_err());
     }
     if path == "sealed/keys" {
         return true;

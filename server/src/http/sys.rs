@@ -26,6 +26,15 @@ pub async fn route(app: &App, req: &Req) -> Result<Reply> {
         }
         ("init", Operation::Write) => init(app, req).await,
         ("unseal", Operation::Write) => unseal(app, req).await,
+        // Sealed, no token can be checked: the process metrics (fixed labels, no secrets) so
+        // that a sealed replica shows up in monitoring.
+        ("metrics", Operation::Read) if app.core.unsealed().is_err() => {
+            let gauges = crate::metrics::Gauges {
+                sealed: true,
+                keyring: None,
+            };
+            Ok(Reply::Text(crate::metrics::METRICS.prometheus(&gauges)))
+        }
         // Every kinko replica serves reads and writes: there is no leader to point at.
         ("leader", Operation::Read) => Ok(Reply::Raw(
             StatusCode::OK,
@@ -93,9 +102,11 @@ async fn route_unsealed(app: &App, u: &Unsealed, req: &Req, rest: &str) -> Resul
             let term = keyring.active_term();
             let gauges = crate::metrics::Gauges {
                 sealed: false,
-                keyring_term: u64::from(term.number),
-                keyring_encryptions: term.reserved,
-                keyring_rotate_at: crate::barrier::ROTATE_AT,
+                keyring: Some((
+                    u64::from(term.number),
+                    term.reserved,
+                    crate::barrier::ROTATE_AT,
+                )),
             };
             Ok(Reply::Text(crate::metrics::METRICS.prometheus(&gauges)))
         }
