@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::Salt;
 use crate::encrypted::{EncryptedStorage, Write};
@@ -187,12 +186,10 @@ impl Device {
         })
     }
 
-    fn write(&self, entry: &Value) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(entry).expect("in-memory JSON serialisation cannot fail");
-        line.push(b'\n');
+    fn write(&self, line: &[u8]) -> std::io::Result<()> {
         match &self.sink {
-            Sink::File(file) => file.write(&line),
-            Sink::Stdout => std::io::stdout().lock().write_all(&line),
+            Sink::File(file) => file.write(line),
+            Sink::Stdout => std::io::stdout().lock().write_all(line),
         }
     }
 }
@@ -315,7 +312,7 @@ async fn stored(store: &EncryptedStorage) -> Result<(Vec<DeviceConfig>, Precondi
 
 /// Writes one entry (built per device: each has its own salt) to every device. Recorded when
 /// at least one device wrote it; otherwise the request must not be served.
-pub fn record(devices: &[Arc<Device>], build: impl Fn(&Salt) -> Value) -> Result<()> {
+pub fn record(devices: &[Arc<Device>], build: impl Fn(&Salt) -> Vec<u8>) -> Result<()> {
     let mut written = false;
     for device in devices {
         match device.write(&build(&device.salt)) {

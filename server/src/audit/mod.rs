@@ -11,7 +11,9 @@
 pub mod device;
 
 use hmac::{KeyInit, Mac};
-use serde_json::{json, Map, Value};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::{Map, Value};
 
 use crate::secret::Key256;
 use crate::tokens::TokenEntry;
@@ -43,28 +45,111 @@ impl Salt {
 
     /// `hmac-sha256:<hex>` of `text`, as Vault writes hashed values.
     pub fn hash(&self, text: &str) -> String {
+        self.hash_text(text).as_str().to_owned()
+    }
+}
+
+/// `hmac-sha256:` and 64 hex digits, on the stack.
+pub struct HashText([u8; 76]);
+
+impl HashText {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("ASCII")
+    }
+}
+
+impl Salt {
+    /// [`Salt::hash`] without allocating.
+    pub fn hash_text(&self, text: &str) -> HashText {
         let mut mac = self.keyed.clone();
         mac.update(text.as_bytes());
-        format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+        let mut out = [0u8; 76];
+        out[..12].copy_from_slice(b"hmac-sha256:");
+        hex::encode_to_slice(mac.finalize().into_bytes(), &mut out[12..])
+            .expect("32 bytes fill 64 hex digits");
+        HashText(out)
     }
+}
 
-    /// `value` with every string (at any depth) hashed; keys, numbers and booleans kept.
-    pub fn hash_strings(&self, value: &Value) -> Value {
-        match value {
-            Value::String(text) => Value::String(self.hash(text)),
+/// Serialises a JSON value with every string hashed, as it is written (no copy of the tree).
+struct Hashed<'a> {
+    salt: &'a Salt,
+    value: &'a Value,
+}
+
+impl Serialize for Hashed<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.value {
+            Value::String(text) => serializer.serialize_str(self.salt.hash_text(text).as_str()),
             Value::Array(items) => {
-                Value::Array(items.iter().map(|v| self.hash_strings(v)).collect())
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for value in items {
+                    seq.serialize_element(&Hashed {
+                        salt: self.salt,
+                        value,
+                    })?;
+                }
+                seq.end()
             }
-            Value::Object(fields) => Value::Object(self.hash_fields(fields)),
-            other => other.clone(),
+            Value::Object(fields) => HashedFields {
+                salt: self.salt,
+                fields,
+            }
+            .serialize(serializer),
+            other => other.serialize(serializer),
         }
     }
+}
 
-    fn hash_fields(&self, fields: &Map<String, Value>) -> Map<String, Value> {
-        fields
-            .iter()
-            .map(|(k, v)| (k.clone(), self.hash_strings(v)))
-            .collect()
+struct HashedFields<'a> {
+    salt: &'a Salt,
+    fields: &'a Map<String, Value>,
+}
+
+impl Serialize for HashedFields<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.fields.len()))?;
+        for (key, value) in self.fields {
+            map.serialize_entry(
+                key,
+                &Hashed {
+                    salt: self.salt,
+                    value,
+                },
+            )?;
+        }
+        map.end()
+    }
+}
+
+/// A response's `auth` as Vault writes it: the issued token and its accessor hashed, the
+/// policies and metadata readable.
+struct HashedAuth<'a> {
+    salt: &'a Salt,
+    fields: &'a Map<String, Value>,
+}
+
+impl Serialize for HashedAuth<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.fields.len()))?;
+        for (key, value) in self.fields {
+            match value {
+                Value::String(text) if key == "client_token" || key == "accessor" => {
+                    map.serialize_entry(key, self.salt.hash_text(text).as_str())?
+                }
+                other => map.serialize_entry(key, other)?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// A hash, or `""` when there is nothing to hash.
+struct MaybeHash(Option<HashText>);
+
+impl Serialize for MaybeHash {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.as_ref().map_or("", HashText::as_str))
     }
 }
 
@@ -91,108 +176,187 @@ pub struct ResponseRecord<'a> {
     pub body: Option<&'a Value>,
 }
 
-fn auth_block(salt: &Salt, token: Option<&TokenEntry>, client_token: Option<&str>) -> Value {
-    let Some(entry) = token else {
-        // No token (a login, init) or one that did not authenticate: Vault writes the object.
-        return json!({
-            "client_token": client_token.map(|t| salt.hash(t)).unwrap_or_default(),
-            "accessor": "",
-            "display_name": "",
-            "policies": [],
-            "token_policies": [],
-            "metadata": {},
-            "entity_id": "",
-            "token_type": "",
-        });
-    };
-    json!({
-        "client_token": client_token.map(|t| salt.hash(t)).unwrap_or_default(),
-        "accessor": salt.hash(&entry.accessor),
-        "display_name": entry.display_name,
-        "policies": entry.policies,
-        "token_policies": entry.policies,
-        "metadata": entry.meta,
-        "entity_id": "",
-        "token_type": "service",
-        "token_ttl": entry.creation_ttl,
-        "token_issue_time": crate::clock::rfc3339_unix(entry.creation_time),
-    })
+const NO_POLICIES: &[String] = &[];
+static NO_METADATA: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+
+#[derive(Serialize)]
+struct Auth<'a> {
+    client_token: MaybeHash,
+    accessor: MaybeHash,
+    display_name: &'a str,
+    policies: &'a [String],
+    token_policies: &'a [String],
+    metadata: &'a std::collections::BTreeMap<String, String>,
+    entity_id: &'static str,
+    token_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_ttl: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_issue_time: Option<String>,
 }
 
-fn request_block(salt: &Salt, record: &RequestRecord<'_>) -> Value {
-    let mut block = json!({
-        "id": record.id,
-        "operation": record.operation,
-        "mount_type": record.mount_type,
-        "client_token": record.client_token.map(|t| salt.hash(t)).unwrap_or_default(),
-        "client_token_accessor": record.token.map(|t| salt.hash(&t.accessor)).unwrap_or_default(),
-        "namespace": { "id": "root" },
-        "path": record.path,
-        "remote_address": record.remote.map(|a| a.ip().to_string()).unwrap_or_default(),
-        "remote_port": record.remote.map_or(0, |a| a.port()),
-    });
-    if let Some(body) = record.body.filter(|b| !b.is_empty()) {
-        block["data"] = Value::Object(salt.hash_fields(body));
+impl<'a> Auth<'a> {
+    fn new(salt: &Salt, record: &RequestRecord<'a>) -> Auth<'a> {
+        let client_token = MaybeHash(record.client_token.map(|t| salt.hash_text(t)));
+        match record.token {
+            Some(entry) => Auth {
+                client_token,
+                accessor: MaybeHash(Some(salt.hash_text(&entry.accessor))),
+                display_name: &entry.display_name,
+                policies: &entry.policies,
+                token_policies: &entry.policies,
+                metadata: &entry.meta,
+                entity_id: "",
+                token_type: "service",
+                token_ttl: Some(entry.creation_ttl),
+                token_issue_time: Some(crate::clock::rfc3339_unix(entry.creation_time)),
+            },
+            // No token (a login, init) or one that did not authenticate: Vault writes the
+            // object all the same.
+            None => Auth {
+                client_token,
+                accessor: MaybeHash(None),
+                display_name: "",
+                policies: NO_POLICIES,
+                token_policies: NO_POLICIES,
+                metadata: &NO_METADATA,
+                entity_id: "",
+                token_type: "",
+                token_ttl: None,
+                token_issue_time: None,
+            },
+        }
     }
-    block
 }
 
-/// The entry written before a request is served.
-pub fn request_entry(salt: &Salt, record: &RequestRecord<'_>, time: &str, error: &str) -> Value {
-    json!({
-        "time": time,
-        "type": "request",
-        "auth": auth_block(salt, record.token, record.client_token),
-        "request": request_block(salt, record),
-        "error": error,
+#[derive(Serialize)]
+struct Namespace {
+    id: &'static str,
+}
+
+#[derive(Serialize)]
+struct RequestBlock<'a> {
+    id: &'a str,
+    operation: &'static str,
+    mount_type: &'static str,
+    client_token: MaybeHash,
+    client_token_accessor: MaybeHash,
+    namespace: Namespace,
+    path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<HashedFields<'a>>,
+    remote_address: String,
+    remote_port: u16,
+}
+
+impl<'a> RequestBlock<'a> {
+    fn new(salt: &'a Salt, record: &RequestRecord<'a>) -> RequestBlock<'a> {
+        RequestBlock {
+            id: record.id,
+            operation: record.operation,
+            mount_type: record.mount_type,
+            client_token: MaybeHash(record.client_token.map(|t| salt.hash_text(t))),
+            client_token_accessor: MaybeHash(record.token.map(|t| salt.hash_text(&t.accessor))),
+            namespace: Namespace { id: "root" },
+            path: record.path,
+            data: record
+                .body
+                .filter(|b| !b.is_empty())
+                .map(|fields| HashedFields { salt, fields }),
+            remote_address: record
+                .remote
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default(),
+            remote_port: record.remote.map_or(0, |a| a.port()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ResponseBlock<'a> {
+    mount_type: &'static str,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Hashed<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<HashedAuth<'a>>,
+}
+
+#[derive(Serialize)]
+struct Entry<'a> {
+    time: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    auth: Auth<'a>,
+    request: RequestBlock<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<ResponseBlock<'a>>,
+    error: &'a str,
+}
+
+fn line(entry: &Entry<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut out, entry).expect("in-memory JSON serialisation cannot fail");
+    out.push(b'\n');
+    out
+}
+
+/// The line (JSON and a newline) written before a request is served.
+pub fn request_entry(salt: &Salt, record: &RequestRecord<'_>, time: &str, error: &str) -> Vec<u8> {
+    line(&Entry {
+        time,
+        kind: "request",
+        auth: Auth::new(salt, record),
+        request: RequestBlock::new(salt, record),
+        response: None,
+        error,
     })
 }
 
-/// The entry written before a response is sent.
+/// The line written before a response is sent.
 pub fn response_entry(
     salt: &Salt,
     record: &RequestRecord<'_>,
     response: &ResponseRecord<'_>,
     time: &str,
-) -> Value {
-    let mut block = json!({ "mount_type": record.mount_type, "status": response.status });
-    let mut error = String::new();
-    if let Some(body) = response.body {
-        if let Some(data) = body.get("data").filter(|v| !v.is_null()) {
-            block["data"] = salt.hash_strings(data);
-        }
-        // As Vault: the issued token and its accessor hashed; policies and metadata readable.
-        if let Some(Value::Object(auth)) = body.get("auth") {
-            let mut auth = auth.clone();
-            for secret in ["client_token", "accessor"] {
-                if let Some(Value::String(text)) = auth.get(secret) {
-                    let hashed = salt.hash(text);
-                    auth.insert(secret.to_owned(), Value::String(hashed));
-                }
-            }
-            block["auth"] = Value::Object(auth);
-        }
-        if let Some(errors) = body.get("errors").and_then(Value::as_array) {
-            error = errors
+) -> Vec<u8> {
+    let body = response.body;
+    let errors = body
+        .and_then(|b| b.get("errors"))
+        .and_then(Value::as_array)
+        .map(|errors| {
+            errors
                 .iter()
                 .filter_map(Value::as_str)
                 .collect::<Vec<_>>()
-                .join("; ");
-        }
-    }
-    json!({
-        "time": time,
-        "type": "response",
-        "auth": auth_block(salt, record.token, record.client_token),
-        "request": request_block(salt, record),
-        "response": block,
-        "error": error,
+                .join("; ")
+        })
+        .unwrap_or_default();
+    line(&Entry {
+        time,
+        kind: "response",
+        auth: Auth::new(salt, record),
+        request: RequestBlock::new(salt, record),
+        response: Some(ResponseBlock {
+            mount_type: record.mount_type,
+            status: response.status,
+            data: body
+                .and_then(|b| b.get("data"))
+                .filter(|v| !v.is_null())
+                .map(|value| Hashed { salt, value }),
+            auth: body
+                .and_then(|b| b.get("auth"))
+                .and_then(Value::as_object)
+                .map(|fields| HashedAuth { salt, fields }),
+        }),
+        error: &errors,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn salt(byte: u8) -> Salt {
         Salt::new(Key256::from_slice(&[byte; 32]).unwrap())
@@ -202,7 +366,11 @@ mod tests {
     fn every_string_is_hashed_and_the_shape_kept() {
         let s = salt(1);
         let value = json!({ "data": { "password": "hunter2", "n": 3, "list": ["a", true] } });
-        let hashed = s.hash_strings(&value);
+        let hashed = serde_json::to_value(Hashed {
+            salt: &s,
+            value: &value,
+        })
+        .unwrap();
         assert_eq!(hashed["data"]["n"], json!(3));
         assert_eq!(hashed["data"]["list"][1], json!(true));
         assert_eq!(hashed["data"]["password"], json!(s.hash("hunter2")));
@@ -231,7 +399,11 @@ mod tests {
             token: None,
             body: Some(&body),
         };
-        let request = request_entry(&s, &record, "2026-12-02T00:00:00Z", "");
+        let parse = |line: Vec<u8>| -> Value {
+            assert_eq!(line.last(), Some(&b'\n'));
+            serde_json::from_slice(&line).unwrap()
+        };
+        let request = parse(request_entry(&s, &record, "2026-12-02T00:00:00Z", ""));
         assert_eq!(request["type"], "request");
         assert_eq!(request["request"]["operation"], "update");
         assert_eq!(request["request"]["remote_address"], "127.0.0.1");
@@ -240,7 +412,7 @@ mod tests {
             json!(s.hash("kks.the-token"))
         );
         let sent = json!({ "data": { "password": "pw-in-response" }, "auth": { "client_token": "kks.new" } });
-        let response = response_entry(
+        let response = parse(response_entry(
             &s,
             &record,
             &ResponseRecord {
@@ -248,7 +420,7 @@ mod tests {
                 body: Some(&sent),
             },
             "2026-12-02T00:00:00Z",
-        );
+        ));
         assert_eq!(response["response"]["status"], 200);
         assert_eq!(
             response["response"]["auth"]["client_token"],
@@ -259,7 +431,7 @@ mod tests {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         let refused = json!({ "errors": ["permission denied"] });
-        let denied = response_entry(
+        let denied = parse(response_entry(
             &s,
             &record,
             &ResponseRecord {
@@ -267,7 +439,7 @@ mod tests {
                 body: Some(&refused),
             },
             "t",
-        );
+        ));
         assert_eq!(denied["error"], "permission denied");
     }
 }
