@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -58,12 +58,28 @@ enum Sink {
     Stdout,
 }
 
+/// A file device's writer: one thread per device owns the file and writes the lines of
+/// concurrent requests with one `write` per batch (fewer syscalls under load), then tells each
+/// request whether its line is written. The thread ends when the device is dropped.
 struct FileSink {
+    queue: std::sync::mpsc::Sender<Pending>,
+}
+
+struct Pending {
+    line: Vec<u8>,
+    written: tokio::sync::oneshot::Sender<Result<(), std::io::ErrorKind>>,
+}
+
+/// The writer thread's file: the open file and the reopen generation it was opened at.
+struct OpenFile {
     path: PathBuf,
     mode: u32,
-    /// The open file and the reopen generation it was opened at.
-    file: Mutex<(Option<std::fs::File>, u64)>,
+    file: Option<std::fs::File>,
+    generation: u64,
 }
+
+/// Lines written with one `write` at most.
+const MAX_BATCH: usize = 256;
 
 impl FileSink {
     /// Opens for appending a regular file (created with `mode`, and set to it): not through a
@@ -86,18 +102,60 @@ impl FileSink {
         Ok(file)
     }
 
-    fn write(&self, line: &[u8]) -> std::io::Result<()> {
-        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = REOPEN_GENERATION.load(Ordering::Relaxed);
-        if guard.0.is_none() || guard.1 != generation {
-            // A failed reopen leaves no file: the next write tries again.
-            guard.0 = None;
-            guard.1 = generation;
-            guard.0 = Some(FileSink::open(&self.path, self.mode)?);
+    fn start(open: OpenFile) -> std::io::Result<FileSink> {
+        let (queue, lines) = std::sync::mpsc::channel::<Pending>();
+        std::thread::Builder::new()
+            .name("kinko-audit".into())
+            .spawn(move || FileSink::writer(open, lines))?;
+        Ok(FileSink { queue })
+    }
+
+    fn writer(mut open: OpenFile, lines: std::sync::mpsc::Receiver<Pending>) {
+        let mut buffer = Vec::new();
+        while let Ok(first) = lines.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match lines.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            buffer.clear();
+            for pending in &batch {
+                buffer.extend_from_slice(&pending.line);
+            }
+            let result = open.write(&buffer).map_err(|e| e.kind());
+            for pending in batch {
+                let _ = pending.written.send(result);
+            }
         }
-        let file = guard.0.as_mut().expect("opened above");
-        // One write of the whole line: with O_APPEND, lines never interleave.
-        file.write_all(line)
+    }
+
+    async fn write(&self, line: Vec<u8>) -> std::io::Result<()> {
+        let (written, done) = tokio::sync::oneshot::channel();
+        let sent = self.queue.send(Pending { line, written });
+        if sent.is_err() {
+            return Err(std::io::Error::other("the audit writer has stopped"));
+        }
+        match done.await {
+            Ok(result) => result.map_err(std::io::Error::from),
+            Err(_) => Err(std::io::Error::other("the audit writer has stopped")),
+        }
+    }
+}
+
+impl OpenFile {
+    fn write(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        let generation = REOPEN_GENERATION.load(Ordering::Relaxed);
+        if self.file.is_none() || self.generation != generation {
+            // A failed reopen leaves no file: the next write tries again.
+            self.file = None;
+            self.generation = generation;
+            self.file = Some(FileSink::open(&self.path, self.mode)?);
+        }
+        let file = self.file.as_mut().expect("opened above");
+        // Whole lines in one write: with O_APPEND, lines never interleave.
+        file.write_all(lines)
     }
 }
 
@@ -166,11 +224,15 @@ impl Device {
                             None
                         }
                     };
-                    Sink::File(FileSink {
+                    let open = OpenFile {
                         path,
                         mode,
-                        file: Mutex::new((file, REOPEN_GENERATION.load(Ordering::Relaxed))),
-                    })
+                        file,
+                        generation: REOPEN_GENERATION.load(Ordering::Relaxed),
+                    };
+                    Sink::File(FileSink::start(open).map_err(|e| {
+                        Error::Internal(format!("cannot start the audit writer: {e}"))
+                    })?)
                 }
             }
             other => {
@@ -186,10 +248,10 @@ impl Device {
         })
     }
 
-    fn write(&self, line: &[u8]) -> std::io::Result<()> {
+    async fn write(&self, line: Vec<u8>) -> std::io::Result<()> {
         match &self.sink {
-            Sink::File(file) => file.write(line),
-            Sink::Stdout => std::io::stdout().lock().write_all(line),
+            Sink::File(file) => file.write(line).await,
+            Sink::Stdout => std::io::stdout().lock().write_all(&line),
         }
     }
 }
@@ -312,10 +374,10 @@ async fn stored(store: &EncryptedStorage) -> Result<(Vec<DeviceConfig>, Precondi
 
 /// Writes one entry (built per device: each has its own salt) to every device. Recorded when
 /// at least one device wrote it; otherwise the request must not be served.
-pub fn record(devices: &[Arc<Device>], build: impl Fn(&Salt) -> Vec<u8>) -> Result<()> {
+pub async fn record(devices: &[Arc<Device>], build: impl Fn(&Salt) -> Vec<u8>) -> Result<()> {
     let mut written = false;
     for device in devices {
-        match device.write(&build(&device.salt)) {
+        match device.write(build(&device.salt)).await {
             Ok(()) => {
                 METRICS.audit_write(true);
                 written = true;

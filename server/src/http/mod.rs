@@ -119,7 +119,7 @@ async fn serve_request(app: App, request: Request, request_id: String) -> Respon
         Ok(mut req) => {
             // Fail closed: a request no device could record is not served, and costs nothing.
             let recorded = match &audited {
-                Some(audit) => audit.request(Some(&req), &request_id, ""),
+                Some(audit) => audit.request(Some(&req), &request_id, "").await,
                 None => Ok(()),
             };
             match recorded {
@@ -136,7 +136,7 @@ async fn serve_request(app: App, request: Request, request_id: String) -> Respon
                     let result = result.map(|reply| (reply, mount_type(req.path.as_str())));
                     let rendered = render(result, &request_id);
                     match &audited {
-                        Some(audit) => audit.response(Some(&req), &request_id, rendered),
+                        Some(audit) => audit.response(Some(&req), &request_id, rendered).await,
                         None => rendered,
                     }
                 }
@@ -151,8 +151,8 @@ async fn serve_request(app: App, request: Request, request_id: String) -> Respon
                         .and_then(|b| b["errors"][0].as_str())
                         .unwrap_or_default()
                         .to_owned();
-                    match audit.request(None, &request_id, &error) {
-                        Ok(()) => audit.response(None, &request_id, rendered),
+                    match audit.request(None, &request_id, &error).await {
+                        Ok(()) => audit.response(None, &request_id, rendered).await,
                         Err(error) => render(Err(error), &request_id),
                     }
                 }
@@ -229,16 +229,17 @@ impl Audited {
         }
     }
 
-    fn request(&self, req: Option<&Req>, id: &str, error: &str) -> Result<()> {
+    async fn request(&self, req: Option<&Req>, id: &str, error: &str) -> Result<()> {
         let record = self.record(req, id);
         let time = crate::clock::rfc3339(crate::clock::now());
         crate::audit::device::record(&self.devices, |salt| {
             crate::audit::request_entry(salt, &record, &time, error)
         })
+        .await
     }
 
     /// `rendered` if its entry was recorded, else the 500 that replaces it (no data).
-    fn response(&self, req: Option<&Req>, id: &str, rendered: Rendered) -> Rendered {
+    async fn response(&self, req: Option<&Req>, id: &str, rendered: Rendered) -> Rendered {
         let record = self.record(req, id);
         let time = crate::clock::rfc3339(crate::clock::now());
         let response = crate::audit::ResponseRecord {
@@ -247,7 +248,9 @@ impl Audited {
         };
         match crate::audit::device::record(&self.devices, |salt| {
             crate::audit::response_entry(salt, &record, &response, &time)
-        }) {
+        })
+        .await
+        {
             Ok(()) => rendered,
             Err(error) => render(Err(error), id),
         }
