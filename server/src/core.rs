@@ -80,7 +80,14 @@ pub struct Unsealed {
     pub sealing: crate::sealed::store::Sealing,
     /// The enabled audit devices.
     pub audit: crate::audit::device::AuditDevices,
+    /// Refused logins per auth mount, role and source address, on this replica.
+    pub login_failures: crate::ratelimit::FixedWindow,
 }
+
+/// Refused logins allowed per auth mount, role and source address and window, per replica;
+/// past it, logins of that key are answered 429 until the window ends.
+pub const LOGIN_FAILURE_LIMIT: u32 = 10;
+pub const LOGIN_FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Unsealed {
     async fn load(
@@ -114,6 +121,10 @@ impl Unsealed {
             kv: Default::default(),
             sealing: Default::default(),
             audit: Default::default(),
+            login_failures: crate::ratelimit::FixedWindow::new(
+                LOGIN_FAILURE_LIMIT,
+                LOGIN_FAILURE_WINDOW,
+            ),
         }
     }
 }

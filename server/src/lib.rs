@@ -19,6 +19,7 @@ pub mod mounts;
 pub mod path;
 pub mod policies;
 pub mod policy;
+pub mod ratelimit;
 pub mod retry;
 pub mod seal;
 pub mod sealed;

@@ -178,14 +178,16 @@ async fn adversarial_tokens_are_refused() {
         sign(key, &other_subject),
     ));
     cases.push(("garbage", "not.a.jwt".to_owned()));
-    for (case, jwt) in &cases {
+    // Each case from its own source: past 10 refusals one source is rate limited (429).
+    for (n, (case, jwt)) in cases.iter().enumerate() {
         // Even if the API server would say yes, these never get that far or are refused.
         c.api.allow(jwt, "prod", "app", &[AUDIENCE]);
-        assert_refused(&login(&c.server, "app", jwt).await, jwt, case);
+        let source = format!("10.1.{}.{}", n / 200, n % 200 + 1);
+        assert_refused(&login_from(&c.server, &source, "app", jwt).await, jwt, case);
     }
     let unknown_to_api = sign(key, &claims("prod", "app"));
     assert_refused(
-        &login(&c.server, "app", &unknown_to_api).await,
+        &login_from(&c.server, "10.2.0.1", "app", &unknown_to_api).await,
         &unknown_to_api,
         "deleted service account",
     );
@@ -193,7 +195,7 @@ async fn adversarial_tokens_are_refused() {
     c.api
         .allow(&reviewed_for_other_audience, "prod", "app", &["vault"]);
     assert_refused(
-        &login(&c.server, "app", &reviewed_for_other_audience).await,
+        &login_from(&c.server, "10.2.0.2", "app", &reviewed_for_other_audience).await,
         &reviewed_for_other_audience,
         "API server rejects the audience",
     );
@@ -545,4 +547,58 @@ async fn refused_logins_and_storage_calls_are_counted_in_metrics() {
         !after.contains(&refused) && !after.contains("prod") && !after.contains("app-pw"),
         "no caller data in metrics"
     );
+}
+
+/// A login from one source address (as kinko-tls puts the TCP peer into each request).
+async fn login_from(s: &TestServer, source: &str, role: &str, jwt: &str) -> Answer {
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri("/v1/auth/kubernetes/login")
+        .body(axum::body::Body::from(
+            serde_json::to_vec(&json!({ "role": role, "jwt": jwt })).unwrap(),
+        ))
+        .unwrap();
+    request.extensions_mut().insert(kinko_tls::PeerAddr(
+        format!("{source}:40000").parse().unwrap(),
+    ));
+    s.send(request).await
+}
+
+#[tokio::test]
+async fn failed_logins_past_the_budget_get_429_for_that_source_and_role_only() {
+    let Cluster { server, api } = cluster().await;
+    let good = sign(k8s::rsa_key(), &claims("prod", "app"));
+    api.allow(&good, "prod", "app", &[AUDIENCE]);
+    let attacker = "10.0.0.66";
+    for n in 0..kinko_server::core::LOGIN_FAILURE_LIMIT {
+        let guess = format!("guess-{n}");
+        let refused = login_from(&server, attacker, "app", &guess).await;
+        assert_ne!(refused.status, StatusCode::TOO_MANY_REQUESTS, "guess {n}");
+        assert_ne!(refused.status, StatusCode::OK);
+    }
+    // Over the budget: refused before the JWT is looked at, even a valid one, with Retry-After.
+    let limited = login_from(&server, attacker, "app", &good).await;
+    assert_eq!(
+        limited.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{:?}",
+        limited.body
+    );
+    let wait: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Another source (another Pod) logs in at once; so does the attacker's source for a
+    // role it did not guess at.
+    let other_pod = login_from(&server, "10.0.0.7", "app", &good).await;
+    assert_eq!(other_pod.status, StatusCode::OK, "{:?}", other_pod.body);
+    let other_role = login_from(&server, attacker, "other", "guess").await;
+    assert_ne!(other_role.status, StatusCode::TOO_MANY_REQUESTS);
+    // Successful logins are never counted against a source.
+    for _ in 0..kinko_server::core::LOGIN_FAILURE_LIMIT + 2 {
+        let ok = login_from(&server, "10.0.0.8", "app", &good).await;
+        assert_eq!(ok.status, StatusCode::OK);
+    }
 }

@@ -16,11 +16,22 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
         ("login", Operation::Write) => {
             let role = req.body.str("role")?.unwrap_or_default();
             let jwt = req.body.str("jwt")?.unwrap_or_default();
+            // Guessing is bounded per mount, role and source: another source (another Pod) is
+            // never slowed by it.
+            let source = req.remote.map(|a| a.ip().to_string()).unwrap_or_default();
+            let key = format!("{}\0{role}\0{source}", mount.accessor);
+            let now = std::time::Instant::now();
+            if let Err(retry_after) = u.login_failures.check(&key, now) {
+                crate::metrics::METRICS.login(false);
+                return Err(Error::TooManyRequests { retry_after });
+            }
             let outcome = kubernetes::login(u, mount, role, jwt).await;
             match &outcome {
                 Ok(_) => crate::metrics::METRICS.login(true),
                 Err(Error::Forbidden(_) | Error::BadRequest(_) | Error::PermissionDenied) => {
-                    crate::metrics::METRICS.login(false)
+                    crate::metrics::METRICS.login(false);
+                    // A full table (a spray of keys) leaves this one uncounted, never blocks.
+                    let _ = u.login_failures.spend(&key, now);
                 }
                 // An unreachable API server is an outage, not a refusal.
                 Err(_) => {}

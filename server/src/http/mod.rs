@@ -70,6 +70,8 @@ pub struct Req {
     pub query: HashMap<String, String>,
     pub headers: HeaderMap,
     pub body: Body,
+    /// The client's address (the TCP peer: a proxy's, behind one).
+    pub remote: Option<std::net::SocketAddr>,
     /// The token's caller and ACL, for every endpoint that takes a token.
     caller: Option<(Caller, Arc<Acl>)>,
     /// A limited-use token's use, spent once the request's audit entry is written.
@@ -347,6 +349,10 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
         query,
         headers: parts.headers,
         body,
+        remote: parts
+            .extensions
+            .get::<kinko_tls::PeerAddr>()
+            .map(|peer| peer.0),
         caller,
         unspent_use,
         _token_less_permit: token_less_permit,

@@ -2,8 +2,6 @@
 //! use), the epochs (`core/sealed-epochs`), the root secrets imported from other clusters
 //! (`core/sealed-imports/<cluster id>`), plus the per-token rate limit of `compare`.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +11,7 @@ use super::transfer::BundleHeader;
 use super::{valid_cluster_id, SealingRoot};
 use crate::encrypted::{EncryptedStorage, Write};
 use crate::error::{Error, Result};
+use crate::ratelimit::FixedWindow;
 use crate::retry::{on_conflict, settle};
 use crate::secret::Key256;
 use crate::storage::Precondition;
@@ -46,10 +45,18 @@ impl Epochs {
 }
 
 /// Per-replica state of the sealing feature; dropped (and zeroized) with the unsealed state.
-#[derive(Default)]
 pub struct Sealing {
     root: tokio::sync::OnceCell<SealingRoot>,
-    compare_limit: RateLimit,
+    compare_limit: FixedWindow,
+}
+
+impl Default for Sealing {
+    fn default() -> Self {
+        Sealing {
+            root: Default::default(),
+            compare_limit: FixedWindow::new(COMPARE_LIMIT, COMPARE_WINDOW),
+        }
+    }
 }
 
 impl Sealing {
@@ -225,59 +232,10 @@ fn decode_import(bytes: &[u8]) -> Result<(SealingRoot, Epochs)> {
 /// Attempts of `sealed/compare` per token and window, on one replica.
 pub const COMPARE_LIMIT: u32 = 10;
 pub const COMPARE_WINDOW: Duration = Duration::from_secs(60);
-/// Tokens tracked at most; past it, expired windows are dropped first, then everything.
-const MAX_TRACKED: usize = 10_000;
-
-/// A fixed-window counter per token hash.
-#[derive(Default)]
-struct RateLimit {
-    windows: Mutex<HashMap<String, (Instant, u32)>>,
-}
-
-impl RateLimit {
-    fn spend(&self, who: &str, now: Instant) -> std::result::Result<(), u64> {
-        let mut windows = self.windows.lock().expect("rate limit lock poisoned");
-        if windows.len() >= MAX_TRACKED && !windows.contains_key(who) {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < COMPARE_WINDOW);
-            if windows.len() >= MAX_TRACKED {
-                // Fail closed for newcomers rather than forget the counts of busy tokens.
-                return Err(COMPARE_WINDOW.as_secs());
-            }
-        }
-        let entry = windows.entry(who.to_owned()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= COMPARE_WINDOW {
-            *entry = (now, 0);
-        }
-        if entry.1 >= COMPARE_LIMIT {
-            let left = COMPARE_WINDOW.saturating_sub(now.duration_since(entry.0));
-            return Err(left.as_secs().max(1));
-        }
-        entry.1 += 1;
-        Ok(())
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limit_counts_per_token_and_resets_after_the_window() {
-        let limit = RateLimit::default();
-        let start = Instant::now();
-        for _ in 0..COMPARE_LIMIT {
-            assert!(limit.spend("a", start).is_ok());
-        }
-        let wait = limit
-            .spend("a", start + Duration::from_secs(10))
-            .unwrap_err();
-        assert_eq!(wait, 50);
-        assert!(
-            limit.spend("b", start).is_ok(),
-            "another token has its own count"
-        );
-        assert!(limit.spend("a", start + COMPARE_WINDOW).is_ok());
-    }
 
     #[test]
     fn epochs_open_only_between_retired_and_current() {
