@@ -372,3 +372,68 @@ async fn killed_mid_write_the_embedded_store_keeps_every_key_consistent() {
     let again = Kinko::dev(dir.path(), None);
     assert_consistent_after_crash(&again.client(Some("crash-root")), &acknowledged).await;
 }
+
+/// Security checklist (core dumps): the server lowers its own core-file limit to zero at start,
+/// so a crash leaves no image of its keys. Started here *able* to dump core, so the test sees
+/// the server itself refuse; killed by SIGABRT, it leaves no core file.
+#[test]
+fn the_server_allows_itself_no_core_dump_and_an_abort_leaves_none() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(kinko_e2e::binary("kinko"));
+    command
+        .args(["server", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only async-signal-safe libc calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            libc::getrlimit(libc::RLIMIT_CORE, &mut limit);
+            limit.rlim_cur = limit.rlim_max; // as high as this process may go
+            libc::setrlimit(libc::RLIMIT_CORE, &limit);
+            Ok(())
+        });
+    }
+    let mut own = unsafe { std::mem::zeroed::<libc::rlimit>() };
+    // SAFETY: reading this test process's own limit.
+    unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut own) };
+    assert!(
+        own.rlim_max > 0,
+        "this machine allows no core files at all: the test cannot tell"
+    );
+    let mut server = kinko_e2e::Spawned::spawn(&mut command);
+    let limits = format!("/proc/{}/limits", server.pid());
+    let core_line = || {
+        std::fs::read_to_string(&limits)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()[4..6].join(" "))
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while core_line() != "0 0" && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        core_line(),
+        "0 0",
+        "soft and hard core-file limits of the server"
+    );
+    server.signal(libc::SIGABRT);
+    let status = server
+        .wait_within(Duration::from_secs(10))
+        .expect("the server ends on SIGABRT");
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    assert!(!status.core_dumped(), "the kernel reports no core dump");
+    let cores: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("core"))
+        .collect();
+    assert!(cores.is_empty(), "{cores:?}");
+}
