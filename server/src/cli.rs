@@ -9,6 +9,13 @@ fn env_first(names: &[&str]) -> Option<String> {
         .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
 }
 
+/// A JSON file the operator saved (a key document, an import key); `what` names it in errors.
+pub fn read_json(path: &std::path::Path, what: &str) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read(path)
+        .with_context(|| format!("cannot read the {what} {}", path.display()))?;
+    serde_json::from_slice(&text).map_err(|_| anyhow!("the {what} {} is not JSON", path.display()))
+}
+
 /// A client of the server named by the environment; with `with_token`, a token is required.
 pub fn connect(with_token: bool) -> anyhow::Result<kinko_client::Client> {
     let addr = env_first(&["KINKO_ADDR", "VAULT_ADDR", "BAO_ADDR"])

@@ -53,8 +53,12 @@ fn pinned(flag: Option<&str>) -> anyhow::Result<String> {
     )
 }
 
-async fn fetch_key(namespace: &str, service_account: &str) -> anyhow::Result<serde_json::Value> {
-    crate::cli::connect(false)?
+async fn fetch_key(
+    client: &kinko_client::Client,
+    namespace: &str,
+    service_account: &str,
+) -> anyhow::Result<serde_json::Value> {
+    client
         .request(
             kinko_client::Method::GET,
             &format!("sealed/keys/{namespace}/{service_account}"),
@@ -65,10 +69,7 @@ async fn fetch_key(namespace: &str, service_account: &str) -> anyhow::Result<ser
 }
 
 fn read_key_file(file: &Path) -> anyhow::Result<Value> {
-    let text = std::fs::read(file)
-        .with_context(|| format!("cannot read the key file {}", file.display()))?;
-    serde_json::from_slice(&text)
-        .map_err(|_| anyhow!("the key file {} is not JSON", file.display()))
+    crate::cli::read_json(file, "key file")
 }
 
 /// The value to seal: a file's exact bytes, or stdin without one trailing newline (as `echo`
@@ -109,7 +110,10 @@ pub async fn seal(args: SealArgs) -> anyhow::Result<()> {
     let pin = pinned(args.fingerprint.as_deref())?;
     let response = match &args.key {
         Some(file) => read_key_file(file)?,
-        None => fetch_key(&args.namespace, &args.service_account).await?,
+        None => {
+            let client = crate::cli::connect(false)?;
+            fetch_key(&client, &args.namespace, &args.service_account).await?
+        }
     };
     let document =
         offline::verify_key_response(&response, &pin, &args.namespace, &args.service_account)
@@ -133,6 +137,8 @@ struct Keys {
     pin: String,
     saved: Vec<(PathBuf, Value)>,
     verified: HashMap<(String, String), KeyDocument>,
+    /// Connected on the first binding fetched, then reused.
+    client: Option<kinko_client::Client>,
 }
 
 impl Keys {
@@ -144,7 +150,11 @@ impl Keys {
         let binding = (namespace.to_owned(), service_account.to_owned());
         if !self.verified.contains_key(&binding) {
             let document = if self.saved.is_empty() {
-                let response = fetch_key(namespace, service_account).await?;
+                let client = match &self.client {
+                    Some(client) => client,
+                    None => self.client.insert(crate::cli::connect(false)?),
+                };
+                let response = fetch_key(client, namespace, service_account).await?;
                 offline::verify_key_response(&response, &self.pin, namespace, service_account)
                     .map_err(|e| anyhow!(e))?
             } else {
@@ -249,6 +259,7 @@ pub async fn seal_manifest(args: ManifestArgs) -> anyhow::Result<()> {
             .map(|file| read_key_file(file).map(|v| (file.clone(), v)))
             .collect::<anyhow::Result<_>>()?,
         verified: HashMap::new(),
+        client: None,
     };
     let mut replacements = Vec::new();
     for site in &sites {

@@ -324,8 +324,7 @@ async fn export(u: &Unsealed, req: &Req) -> Result<Reply> {
     let pinned = required(req, "fingerprint")?;
     let signing_key = sealed::from_b64(required(req, "signing_key")?)
         .ok_or_else(|| Error::bad_request("field \"signing_key\" must be base64"))?;
-    let actual = fingerprint(&signing_key);
-    if !actual.eq_ignore_ascii_case(pinned.trim()) {
+    if let Err(actual) = sealed::check_pin(&signing_key, pinned) {
         return Err(Error::BadRequest(format!(
             "the import key is signed by {actual}, not by the pinned {}",
             pinned.trim()
@@ -382,8 +381,8 @@ async fn import(u: &Unsealed, req: &Req) -> Result<Reply> {
     // Anyone can wrap some secret to this cluster's (public) import key; only the sender's
     // real root secret derives the signing key whose fingerprint the operator pins.
     let pinned = required(req, "fingerprint")?.trim();
-    let sender = fingerprint(&imported.signing_key(&header.from_cluster_id).public());
-    if !sender.eq_ignore_ascii_case(pinned) {
+    let sender = imported.signing_key(&header.from_cluster_id).public();
+    if let Err(sender) = sealed::check_pin(&sender, pinned) {
         return Err(Error::BadRequest(format!(
             "the bundle's sealing key belongs to signing key {sender}, not the pinned {pinned}"
         )));

@@ -316,6 +316,17 @@ pub fn fingerprint(signing_public: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(signing_public)))
 }
 
+/// Whether `signing_public` is the pinned key (hex in any case, spaces around ignored);
+/// `Err` carries its actual fingerprint for the refusal.
+pub fn check_pin(signing_public: &[u8], pinned: &str) -> Result<(), String> {
+    let actual = fingerprint(signing_public);
+    if actual.eq_ignore_ascii_case(pinned.trim()) {
+        Ok(())
+    } else {
+        Err(actual)
+    }
+}
+
 impl SealingRoot {
     pub fn new(key: Key256) -> Self {
         SealingRoot(key)

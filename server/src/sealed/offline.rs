@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::{
-    fingerprint, from_b64, from_b64url, seal, Binding, Decoded, Header, KeyDocument,
+    check_pin, from_b64, from_b64url, seal, Binding, Decoded, Header, KeyDocument,
     SignedKeyDocument,
 };
 
@@ -17,11 +17,7 @@ pub fn verify_key_response(
     namespace: &str,
     service_account: &str,
 ) -> Result<KeyDocument, String> {
-    // The saved body of the response, or just its `data`.
-    let data = response
-        .get("data")
-        .filter(|d| d.is_object())
-        .unwrap_or(response);
+    let data = saved_data(response);
     let field = |name: &str| {
         data.get(name)
             .and_then(Value::as_str)
@@ -29,8 +25,7 @@ pub fn verify_key_response(
     };
     let signing_key =
         from_b64(field("signing_key")?).ok_or("the key file's \"signing_key\" is not base64")?;
-    let actual = fingerprint(&signing_key);
-    if !same_fingerprint(&actual, pinned.trim()) {
+    if let Err(actual) = check_pin(&signing_key, pinned) {
         return Err(format!(
             "the key is signed by {actual}, not by the pinned {}: refusing to seal",
             pinned.trim()
@@ -56,8 +51,12 @@ pub fn verify_key_response(
     Ok(document)
 }
 
-fn same_fingerprint(a: &str, b: &str) -> bool {
-    a.eq_ignore_ascii_case(b)
+/// A saved response's `data`, or the file itself when only `data` was saved.
+pub fn saved_data(response: &Value) -> &Value {
+    response
+        .get("data")
+        .filter(|d| d.is_object())
+        .unwrap_or(response)
 }
 
 /// Seals `plaintext` for variable `name` with a verified key document.
@@ -105,7 +104,7 @@ pub fn inspect(decoded: &Decoded) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sealed::{b64, b64url, decode, open, SealingRoot};
+    use crate::sealed::{b64, b64url, decode, fingerprint, open, SealingRoot};
     use crate::secret::Key256;
     use serde_json::json;
 
