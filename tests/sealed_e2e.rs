@@ -35,6 +35,47 @@ fn seal(dir: &std::path::Path, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// A "Pod" of `payments/payments-api`: Kubernetes auth on `server` (role `payments`, reviewed
+/// by the returned TokenReview endpoint, which must stay alive) and the Pod's token file.
+async fn payments_pod(
+    server: &Kinko,
+    root_token: &str,
+    dir: &std::path::Path,
+) -> (k8s::TokenReviewServer, std::path::PathBuf) {
+    let api = k8s::TokenReviewServer::start("reviewer").await;
+    let root = server.client(Some(root_token));
+    let role = json!({ "bound_service_account_names": ["payments-api"], "bound_service_account_namespaces": ["payments"],
+                       "audience": k8s::AUDIENCE, "token_policies": ["default"] });
+    enable_kubernetes_auth(&root, &api.url, &api.ca_pem, "reviewer", "payments", role).await;
+    let jwt = k8s::sign(k8s::rsa_key(), &k8s::claims("payments", "payments-api"));
+    api.allow(&jwt, "payments", "payments-api", &[k8s::AUDIENCE]);
+    let token_file = dir.join("sa-token");
+    std::fs::write(&token_file, &jwt).unwrap();
+    (api, token_file)
+}
+
+/// envrun in that Pod with `env` (and nothing else inherited), its program writing its
+/// environment to `out`.
+fn envrun_in_pod(
+    server: &Kinko,
+    token_file: &std::path::Path,
+    out: &std::path::Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Output {
+    let mut command = Command::new(binary("envrun"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("KINKO_ADDR", &server.addr)
+        .env("KINKO_CACERT", &server.ca)
+        .env("OUT", out)
+        .envs(env)
+        .args(["--k8s-role", "payments", "--k8s-token-path"])
+        .arg(token_file)
+        .args(["--", "sh", "-c", "env > \"$OUT\""]);
+    output(&mut command)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -157,30 +198,15 @@ async fn sealed_offline_by_the_cli_and_resolved_by_envrun_for_its_variable_only(
     );
 
     // envrun in a Pod of payments/payments-api resolves it for DB_PASSWORD only.
-    let api = k8s::TokenReviewServer::start("reviewer").await;
-    let root = server.client(Some("sealed-root"));
-    let role = json!({ "bound_service_account_names": ["payments-api"], "bound_service_account_namespaces": ["payments"],
-                       "audience": k8s::AUDIENCE, "token_policies": ["default"] });
-    enable_kubernetes_auth(&root, &api.url, &api.ca_pem, "reviewer", "payments", role).await;
-    let jwt = k8s::sign(k8s::rsa_key(), &k8s::claims("payments", "payments-api"));
-    api.allow(&jwt, "payments", "payments-api", &[k8s::AUDIENCE]);
-    let token_file = dir.path().join("sa-token");
-    std::fs::write(&token_file, &jwt).unwrap();
+    let (_api, token_file) = payments_pod(&server, "sealed-root", dir.path()).await;
     let out = dir.path().join("child.out");
     let envrun = |variable: &str| {
-        let mut command = Command::new(binary("envrun"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap())
-            .env("KINKO_ADDR", &server.addr)
-            .env("KINKO_CACERT", &server.ca)
-            .env("OUT", &out)
-            .env(variable, &value)
-            .args(["--k8s-role", "payments", "--k8s-token-path"])
-            .arg(&token_file)
-            .args(["--", "sh", "-c", "env > \"$OUT\""])
-            .stdin(Stdio::null());
-        output(&mut command)
+        envrun_in_pod(
+            &server,
+            &token_file,
+            &out,
+            [(variable.to_owned(), value.clone())],
+        )
     };
     let ok = envrun("DB_PASSWORD");
     assert!(ok.status.success(), "{}", text(&ok.stderr));
@@ -396,29 +422,10 @@ async fn a_manifest_is_sealed_in_place_rewrapped_after_rotation_and_its_pod_gets
     std::fs::write(&file, &second).unwrap();
 
     // The Pod (envrun with its Kubernetes login) gets every plaintext.
-    let api = k8s::TokenReviewServer::start("reviewer").await;
-    let root = server.client(Some("manifest-root"));
-    let role = json!({ "bound_service_account_names": ["payments-api"], "bound_service_account_namespaces": ["payments"],
-                       "audience": k8s::AUDIENCE, "token_policies": ["default"] });
-    enable_kubernetes_auth(&root, &api.url, &api.ca_pem, "reviewer", "payments", role).await;
-    let jwt = k8s::sign(k8s::rsa_key(), &k8s::claims("payments", "payments-api"));
-    api.allow(&jwt, "payments", "payments-api", &[k8s::AUDIENCE]);
-    let token_file = dir.path().join("sa-token");
-    std::fs::write(&token_file, &jwt).unwrap();
+    let (_api, token_file) = payments_pod(&server, "manifest-root", dir.path()).await;
     let out = dir.path().join("child.out");
     let pod_env = |manifest: &str| {
-        let mut command = Command::new(binary("envrun"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap())
-            .env("KINKO_ADDR", &server.addr)
-            .env("KINKO_CACERT", &server.ca)
-            .env("OUT", &out)
-            .envs(env_values(manifest))
-            .args(["--k8s-role", "payments", "--k8s-token-path"])
-            .arg(&token_file)
-            .args(["--", "sh", "-c", "env > \"$OUT\""]);
-        let run = output(&mut command);
+        let run = envrun_in_pod(&server, &token_file, &out, env_values(manifest));
         assert!(run.status.success(), "{}", text(&run.stderr));
         std::fs::read_to_string(&out).unwrap()
     };

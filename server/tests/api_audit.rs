@@ -30,6 +30,16 @@ async fn enable(s: &TestServer, name: &str, file: &std::path::Path) -> Answer {
     .await
 }
 
+/// Makes a device's file unwritable: root ignores permissions, so a directory takes its place.
+fn make_unwritable(file: &std::path::Path) {
+    std::fs::remove_file(file).unwrap();
+    std::fs::create_dir(file).unwrap();
+}
+
+fn make_writable(file: &std::path::Path) {
+    std::fs::remove_dir(file).unwrap();
+}
+
 fn entries(file: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(file)
         .unwrap_or_default()
@@ -245,10 +255,8 @@ async fn a_request_no_device_can_record_is_not_served_and_one_working_device_is_
     s.put_secret("app/db", ROOT, json!({ "password": "before" }))
         .await;
 
-    // The file becomes unwritable: renamed away and a directory put in its place, then the
-    // device reopens (as on SIGHUP). Root ignores permissions, so this is how it fails here.
-    std::fs::rename(&file, s.dir.path().join("audit.log.1")).unwrap();
-    std::fs::create_dir(&file).unwrap();
+    // The file becomes unwritable, then the device reopens (as on SIGHUP).
+    make_unwritable(&file);
     kinko_server::audit::device::reopen_files();
     let write = s
         .put_secret("app/db", ROOT, json!({ "password": CANARY }))
@@ -268,7 +276,7 @@ async fn a_request_no_device_can_record_is_not_served_and_one_working_device_is_
     assert!(!String::from_utf8_lossy(&read.raw).contains("before"));
 
     // Writable again: the refused write never happened.
-    std::fs::remove_dir(&file).unwrap();
+    make_writable(&file);
     kinko_server::audit::device::reopen_files();
     let read = s.get("/v1/secret/data/app/db", ROOT).await;
     assert_eq!(
@@ -283,15 +291,14 @@ async fn a_request_no_device_can_record_is_not_served_and_one_working_device_is_
         enable(&s, "second", &second).await.status,
         StatusCode::NO_CONTENT
     );
-    std::fs::remove_file(&file).unwrap();
-    std::fs::create_dir(&file).unwrap();
+    make_unwritable(&file);
     kinko_server::audit::device::reopen_files();
     let read = s.get("/v1/secret/data/app/db", ROOT).await;
     assert_eq!(read.status, StatusCode::OK);
     assert!(entries(&second)
         .iter()
         .any(|e| e["type"] == "response" && e["request"]["path"] == "secret/data/app/db"));
-    std::fs::remove_dir(&file).unwrap();
+    make_writable(&file);
     kinko_server::audit::device::reopen_files();
 
     // Disabled: no longer written to.
@@ -392,8 +399,7 @@ async fn a_refused_request_spends_no_use_and_a_replica_that_cannot_open_its_devi
 
     // This replica restarts (seal, unseal) while its audit file cannot be opened: the device
     // is kept, and every request fails closed until the file can be written.
-    std::fs::rename(&file, s.dir.path().join("audit.log.1")).unwrap();
-    std::fs::create_dir(&file).unwrap();
+    make_unwritable(&file);
     s.core.seal().await;
     s.core.unseal_with_seal().await.unwrap();
     let refused = s.get("/v1/secret/data/app/db", &once).await;
@@ -407,7 +413,7 @@ async fn a_refused_request_spends_no_use_and_a_replica_that_cannot_open_its_devi
     assert_eq!(listed.status, StatusCode::INTERNAL_SERVER_ERROR);
 
     // Writable again: the one-use token still has its use.
-    std::fs::remove_dir(&file).unwrap();
+    make_writable(&file);
     let served = s.get("/v1/secret/data/app/db", &once).await;
     assert_eq!(served.status, StatusCode::OK, "{:?}", served.body);
     assert_eq!(served.body["data"]["data"]["password"], "v");
