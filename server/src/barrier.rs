@@ -1,8 +1,8 @@
 //! The barrier's crypto: a keyring of AES-256-GCM terms, and the stored-value format bound to its path.
 //!
 //! Stored value: `term (u32 BE) | version (1) | nonce (12) | ciphertext+tag`. The associated data
-//! is `cluster_id NUL path`, so a value copied to another path, or into another cluster, fails to
-//! decrypt. Nonces are random, so a term may encrypt at most [`TERM_ENCRYPTION_LIMIT`] values:
+//! is the header's term and version, then `cluster_id NUL path`, so a value copied to another
+//! path, or into another cluster, or with its header altered, fails to decrypt. Nonces are random, so a term may encrypt at most [`TERM_ENCRYPTION_LIMIT`] values:
 //! encryptions are reserved in blocks recorded in the stored keyring (a conditional write), which
 //! counts them across restarts and replicas, and the term rotates before the budget is spent.
 
@@ -15,7 +15,10 @@ use rand::RngCore;
 
 use crate::secret::{Key256, SecretBytes};
 
-pub const FORMAT_VERSION: u8 = 1;
+/// Version 2 authenticates the header's term and version; version 1 (written before, where only
+/// the path and cluster were associated data) is still read.
+pub const FORMAT_VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
 const HEADER_LEN: usize = 4 + 1 + 12;
 const TAG_LEN: usize = 16;
 /// NIST SP 800-38D: at most 2^32 random-nonce encryptions per key; we stop well before it.
@@ -54,18 +57,20 @@ pub fn seal_with_key(key: &Key256, term: u32, aad: &[u8], plaintext: &[u8]) -> V
     let cipher = Aes256Gcm::new(key.expose().into());
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let mut header = [0u8; 5];
+    header[..4].copy_from_slice(&term.to_be_bytes());
+    header[4] = FORMAT_VERSION;
     let ciphertext = cipher
         .encrypt(
             Nonce::from_slice(&nonce),
             Payload {
                 msg: plaintext,
-                aad,
+                aad: &[&header[..], aad].concat(),
             },
         )
         .expect("AES-GCM encryption of an in-memory buffer cannot fail");
     let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
-    out.extend_from_slice(&term.to_be_bytes());
-    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&header);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ciphertext);
     out
@@ -76,7 +81,7 @@ pub fn term_of(blob: &[u8]) -> Result<u32, BarrierError> {
     if blob.len() < HEADER_LEN + TAG_LEN {
         return Err(BarrierError::Truncated);
     }
-    if blob[4] != FORMAT_VERSION {
+    if blob[4] != FORMAT_VERSION && blob[4] != VERSION_1 {
         return Err(BarrierError::UnknownVersion(blob[4]));
     }
     Ok(u32::from_be_bytes(
@@ -87,12 +92,16 @@ pub fn term_of(blob: &[u8]) -> Result<u32, BarrierError> {
 pub fn open_with_key(key: &Key256, aad: &[u8], blob: &[u8]) -> Result<SecretBytes, BarrierError> {
     term_of(blob)?;
     let cipher = Aes256Gcm::new(key.expose().into());
+    let associated = match blob[4] {
+        VERSION_1 => aad.to_vec(),
+        _ => [&blob[..5], aad].concat(),
+    };
     cipher
         .decrypt(
             Nonce::from_slice(&blob[5..HEADER_LEN]),
             Payload {
                 msg: &blob[HEADER_LEN..],
-                aad,
+                aad: &associated,
             },
         )
         .map(SecretBytes::new)
@@ -336,6 +345,37 @@ mod tests {
     }
 
     #[test]
+    fn version_1_values_written_before_still_open() {
+        // Version 1: the associated data was the path and cluster only.
+        let ring = ready_keyring();
+        let term = ring.active_term();
+        let cipher = Aes256Gcm::new(term.key.expose().into());
+        let nonce = [5u8; 12];
+        let aad = associated_data("cluster-a", "p");
+        let ciphertext = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: b"old value",
+                    aad: &aad,
+                },
+            )
+            .unwrap();
+        let blob = [
+            &term.number.to_be_bytes()[..],
+            &[VERSION_1],
+            &nonce,
+            &ciphertext,
+        ]
+        .concat();
+        assert_eq!(ring.decrypt("p", &blob).unwrap().expose(), b"old value");
+        // A version 2 value relabelled as version 1 does not open.
+        let mut relabelled = ring.encrypt("p", b"new value").unwrap();
+        relabelled[4] = VERSION_1;
+        assert_eq!(ring.decrypt("p", &relabelled), Err(BarrierError::Tampered));
+    }
+
+    #[test]
     fn nonces_are_fresh() {
         let ring = ready_keyring();
         let a = ring.encrypt("p", b"same").unwrap();
@@ -370,6 +410,20 @@ mod tests {
                 Err(BarrierError::Tampered),
                 "flip at byte {i}"
             );
+        }
+        // The header too: found by the `barrier` fuzz target, where a value sealed with a bare
+        // key (the keyring under the root key) still opened with its term altered.
+        let key = Key256::from_slice(&[3; 32]).unwrap();
+        let sealed = seal_with_key(&key, 1, b"aad", b"value");
+        for i in 0..sealed.len() {
+            for bit in 0..8 {
+                let mut bad = sealed.clone();
+                bad[i] ^= 1 << bit;
+                assert!(
+                    open_with_key(&key, b"aad", &bad).is_err(),
+                    "flip of bit {bit} at byte {i}"
+                );
+            }
         }
         assert_eq!(
             ring.decrypt("p", &blob[..blob.len() - 1]),

@@ -84,6 +84,14 @@ pub struct Unsealed {
     pub login_failures: crate::ratelimit::FixedWindow,
 }
 
+impl Drop for Unsealed {
+    /// The fields zeroize themselves; the stack copies of their keys go when each runtime
+    /// worker next parks.
+    fn drop(&mut self) {
+        crate::scrub::request();
+    }
+}
+
 /// Refused logins allowed per auth mount, role and source address and window, per replica;
 /// past it, logins of that key are answered 429 until the window ends.
 pub const LOGIN_FAILURE_LIMIT: u32 = 10;

@@ -21,6 +21,7 @@ pub mod policies;
 pub mod policy;
 pub mod ratelimit;
 pub mod retry;
+pub mod scrub;
 pub mod seal;
 pub mod sealed;
 pub mod secret;

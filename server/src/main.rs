@@ -179,10 +179,42 @@ enum SealingKeyCommand {
     Remove { cluster_id: String },
 }
 
+/// Whether the process's memory is locked (kept out of swap), and if not why.
+enum MemoryLock {
+    Locked,
+    /// `RLIMIT_MEMLOCK` (bytes) is not unlimited: locking all memory would make allocations fail.
+    Limited(u64),
+    Failed(std::io::Error),
+}
+
+impl MemoryLock {
+    /// One line at start-up of the server (not of the CLI commands).
+    fn log(&self) {
+        match self {
+            MemoryLock::Locked => {
+                tracing::info!("memory locked (mlockall): keys are never swapped out")
+            }
+            MemoryLock::Limited(bytes) => tracing::warn!(
+                memlock_limit_bytes = bytes,
+                "memory not locked: RLIMIT_MEMLOCK is {bytes} bytes, not unlimited, so keys may \
+                 be swapped out; raise it (ulimit -l unlimited, LimitMEMLOCK=infinity) or use \
+                 encrypted swap or none"
+            ),
+            MemoryLock::Failed(error) => {
+                tracing::warn!(%error, "mlockall failed: keys may be swapped out")
+            }
+        }
+    }
+}
+
 /// Keeps keys out of core dumps and away from other users' ptrace. Refuses to start when that
 /// cannot be had (the calls only lower this process's own limits, so they fail only in a
 /// broken environment); memory locking is best effort.
-fn harden_process() -> Result<(), String> {
+fn harden_process() -> Result<MemoryLock, String> {
+    #[cfg(not(target_os = "linux"))]
+    return Ok(MemoryLock::Failed(std::io::Error::other(
+        "not supported on this system",
+    )));
     #[cfg(target_os = "linux")]
     // SAFETY: plain syscalls on this process with constant arguments.
     unsafe {
@@ -203,14 +235,17 @@ fn harden_process() -> Result<(), String> {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0
-            && limit.rlim_cur == libc::RLIM_INFINITY
-            && libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) != 0
-        {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "mlockall failed; memory may be swapped");
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 {
+            return Ok(MemoryLock::Failed(std::io::Error::last_os_error()));
         }
+        if limit.rlim_cur != libc::RLIM_INFINITY {
+            return Ok(MemoryLock::Limited(limit.rlim_cur));
+        }
+        if libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) != 0 {
+            return Ok(MemoryLock::Failed(std::io::Error::last_os_error()));
+        }
+        Ok(MemoryLock::Locked)
     }
-    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -218,13 +253,20 @@ fn main() -> std::process::ExitCode {
         eprintln!("kinko: {error}");
         return std::process::ExitCode::from(2);
     }
-    if let Err(error) = harden_process() {
-        eprintln!("kinko: cannot protect key material in memory: {error}");
-        return std::process::ExitCode::FAILURE;
-    }
+    let memory = match harden_process() {
+        Ok(memory) => memory,
+        Err(error) => {
+            eprintln!("kinko: cannot protect key material in memory: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Server { .. }) {
+        memory.log();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(kinko_server::scrub::on_thread_park)
         .build()
         .expect("tokio runtime");
     match runtime.block_on(run(cli)) {
@@ -361,7 +403,10 @@ async fn serve(
     let mut out = std::io::stdout().lock();
     writeln!(out, "kinko listening on https://{address}")?;
     if dev {
-        let first_start = prepare_dev(&parts.core, dev_root_token).await?;
+        // On a worker, not this thread: a worker scrubs its stack after sealing (scrub.rs).
+        let core = parts.core.clone();
+        let first_start =
+            tokio::spawn(async move { prepare_dev(&core, dev_root_token).await }).await??;
         let ca = parts
             .dev_ca
             .as_ref()
