@@ -19,6 +19,30 @@ use serde_json::{json, Value};
 const ROOT: &str = "audit-e2e-root-token";
 const VALUE: &str = "audit-e2e-secret-value-93c1";
 const OTHER_VALUE: &str = "audit-e2e-second-value-27aa";
+/// Sent where an error message might echo it.
+const CANARY: &str = "canary-7f3e91d2";
+
+/// Files below `root` whose name starts with `prefix`.
+fn logs_under_named(root: &std::path::Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(prefix)
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
 
 fn entries(file: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(file)
@@ -106,8 +130,14 @@ async fn the_audit_file_records_every_request_without_any_secret_and_metrics_par
     assert_eq!(read["data"]["data"]["password"], VALUE);
     let created = root.token_create(&["default"], Some("1h")).await.unwrap();
     let api = k8s::TokenReviewServer::start("reviewer").await;
+    root.policy_write(
+        "app-read",
+        r#"path "secret/data/app/db" { capabilities = ["read"] }"#,
+    )
+    .await
+    .unwrap();
     let role = json!({ "bound_service_account_names": ["api"], "bound_service_account_namespaces": ["shop"],
-                       "audience": k8s::AUDIENCE, "token_policies": ["default"] });
+                       "audience": k8s::AUDIENCE, "token_policies": ["app-read"] });
     enable_kubernetes_auth(&root, &api.url, &api.ca_pem, "reviewer", "shop", role).await;
     let jwt = k8s::sign(k8s::rsa_key(), &k8s::claims("shop", "api"));
     api.allow(&jwt, "shop", "api", &[k8s::AUDIENCE]);
@@ -179,6 +209,99 @@ async fn the_audit_file_records_every_request_without_any_secret_and_metrics_par
         .unwrap();
     assert_eq!(denied_entry["error"], "permission denied");
 
+    // The canary run: envrun fetches the value with the Pod's token into a program (which does
+    // get it), and bad requests carry canaries where a careless error message would echo them.
+    let envrun_out = dir.path().join("envrun-child.out");
+    let mut envrun = Command::new(kinko_e2e::binary("envrun"));
+    envrun
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("KINKO_ADDR", &server.addr)
+        .env("KINKO_CACERT", &server.ca)
+        .env("KINKO_TOKEN", &pod_token)
+        .env("OUT", &envrun_out)
+        .args([
+            "--secret",
+            "secret/app/db#password=DB_PASSWORD",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg("printf %s \"$DB_PASSWORD\" > \"$OUT\"");
+    let envrun = output(&mut envrun);
+    assert!(
+        envrun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&envrun.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&envrun_out).unwrap(),
+        VALUE,
+        "the program got it"
+    );
+    let mut error_bodies = Vec::new();
+    for (client, method, path, body) in [
+        (
+            &root,
+            Method::POST,
+            "secret/data/app/db",
+            json!({ "data": CANARY }),
+        ),
+        (
+            &root,
+            Method::POST,
+            "secret/data/app/db",
+            json!({ "data": { "k": CANARY }, "options": { "cas": CANARY } }),
+        ),
+        (
+            &root,
+            Method::POST,
+            "auth/token/create",
+            json!({ "policies": CANARY, "ttl": CANARY }),
+        ),
+        (
+            &root,
+            Method::PUT,
+            "sys/policies/acl/broken",
+            json!({ "policy": format!("path \"x\" {{ capabilities = [{CANARY}") }),
+        ),
+        (
+            &root,
+            Method::POST,
+            "sys/audit-hash/nowhere",
+            json!({ "input": CANARY }),
+        ),
+        (
+            &server.client(None),
+            Method::POST,
+            "auth/kubernetes/login",
+            json!({ "role": "shop", "jwt": format!("{CANARY}.{CANARY}.{CANARY}") }),
+        ),
+        (
+            &server.client(None),
+            Method::POST,
+            "auth/kubernetes/login",
+            json!({ "role": CANARY, "jwt": jwt }),
+        ),
+        (
+            &server.client(Some(&pod_token)),
+            Method::POST,
+            "secret/data/app/db",
+            json!({ "data": { "password": CANARY } }),
+        ),
+        (
+            &server.client(Some(CANARY)),
+            Method::GET,
+            "secret/data/app/db",
+            Value::Null,
+        ),
+    ] {
+        let body = (!body.is_null()).then_some(&body);
+        let error = client.request(method, path, body).await.expect_err(path);
+        assert!(matches!(error.status(), Some(400..=499)), "{path}: {error}");
+        error_bodies.push(error.to_string());
+    }
+
     // sys/audit-hash of a value matches the HMAC written for it.
     let hash = root
         .request(
@@ -194,7 +317,8 @@ async fn the_audit_file_records_every_request_without_any_secret_and_metrics_par
         .to_owned();
     assert!(std::fs::read_to_string(&file).unwrap().contains(&hash));
 
-    // Nothing secret in the audit file, nor in the server's trace-level logs.
+    // Nothing secret in the audit file, the server's trace-level logs, envrun's own output,
+    // any error body, the metrics, or a core file.
     let secrets = [
         VALUE,
         OTHER_VALUE,
@@ -202,12 +326,35 @@ async fn the_audit_file_records_every_request_without_any_secret_and_metrics_par
         &created.client_token,
         &pod_token,
         &jwt,
+        CANARY,
     ];
     let audit_text = std::fs::read_to_string(&file).unwrap();
-    for (i, value) in secrets.iter().enumerate() {
-        assert!(!audit_text.contains(value), "secret #{i} in the audit file");
+    let metrics_text = root.text(Method::GET, "sys/metrics").await.unwrap().1;
+    let outputs = [
+        ("the audit file", audit_text),
+        ("the metrics", metrics_text),
+        (
+            "envrun's stdout",
+            String::from_utf8_lossy(&envrun.stdout).into_owned(),
+        ),
+        (
+            "envrun's stderr",
+            String::from_utf8_lossy(&envrun.stderr).into_owned(),
+        ),
+        ("the error bodies", error_bodies.join("\n")),
+    ];
+    for (what, text) in &outputs {
+        for (i, value) in secrets.iter().enumerate() {
+            assert!(
+                !text.contains(value),
+                "secret #{i} in {what}: {}",
+                text.lines().find(|l| l.contains(value)).unwrap_or_default()
+            );
+        }
     }
     kinko_e2e::assert_no_secret_in_logs(dir.path(), &secrets);
+    let cores = logs_under_named(dir.path(), "core");
+    assert!(cores.is_empty(), "{cores:?}");
     // The logs are JSON, and the lines of a request carry its id.
     let (_, log) = logs_under(dir.path()).pop().unwrap();
     let lines: Vec<Value> = log

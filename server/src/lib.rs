@@ -1,6 +1,7 @@
 //! kinko-server: everything the `kinko` binary does, as a library so it is tested in-process.
 
 pub mod audit;
+#[cfg(feature = "aws")]
 pub mod aws;
 pub mod barrier;
 pub mod cache;

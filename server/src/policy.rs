@@ -218,9 +218,23 @@ type PathAttributes = Vec<(String, Vec<(String, Value)>)>;
 /// HCL and JSON policies meet in one shape: `{"path": {"<pattern>": {"capabilities": [..]}}}`.
 fn document(text: &str) -> Result<Value, PolicyError> {
     if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))
+        serde_json::from_str(text)
+            .map_err(|e| PolicyError::Syntax(crate::error::describe_json_error(&e)))
     } else {
-        hcl::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))
+        hcl::from_str(text).map_err(|e| PolicyError::Syntax(describe_hcl_error(&e)))
+    }
+}
+
+/// Where and what, without the parser's snippet of the text (the text is not echoed back).
+fn describe_hcl_error(error: &hcl::Error) -> String {
+    match error {
+        hcl::Error::Parse(parse) => format!(
+            "HCL syntax error at line {}, column {}: {}",
+            parse.location().line(),
+            parse.location().column(),
+            parse.message()
+        ),
+        other => other.to_string(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! in a 0600 file; `awskms` (cloud mode) asks AWS KMS. The wrapped root key is bound to the
 //! cluster id, so a blob from one cluster never unseals another.
 
+#[cfg(feature = "aws")]
 pub mod awskms;
 
 use std::path::{Path, PathBuf};

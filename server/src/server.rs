@@ -7,9 +7,7 @@ use std::time::Duration;
 use crate::config::{Config, SealConfig, StorageConfig, TlsSource};
 use crate::core::{Core, InitRequest, InitResult};
 use crate::error::Error;
-use crate::seal::awskms::AwsKmsSeal;
 use crate::seal::{FileSeal, Seal};
-use crate::storage::dynamodb::DynamoStorage;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::Storage;
 
@@ -24,6 +22,7 @@ pub struct Parts {
 
 pub async fn assemble(config: &Config) -> anyhow::Result<Parts> {
     // Loaded once, and only when storage or seal is on AWS.
+    #[cfg(feature = "aws")]
     let aws = tokio::sync::OnceCell::new();
     let storage: Arc<dyn Storage> = match &config.storage {
         StorageConfig::Sqlite { path } => {
@@ -32,10 +31,17 @@ pub async fn assemble(config: &Config) -> anyhow::Result<Parts> {
             }
             Arc::new(SqliteStorage::open(path)?)
         }
-        StorageConfig::DynamoDb { table } => Arc::new(DynamoStorage::new(
-            aws_sdk_dynamodb::Client::new(aws.get_or_init(crate::aws::sdk_config).await),
-            table,
-        )),
+        #[cfg(feature = "aws")]
+        StorageConfig::DynamoDb { table } => {
+            Arc::new(crate::storage::dynamodb::DynamoStorage::new(
+                aws_sdk_dynamodb::Client::new(aws.get_or_init(crate::aws::sdk_config).await),
+                table,
+            ))
+        }
+        #[cfg(not(feature = "aws"))]
+        StorageConfig::DynamoDb { .. } => {
+            anyhow::bail!("this build has no AWS support (feature aws)")
+        }
     };
     crate::metrics::METRICS.set_storage_backend(storage.kind());
     let seal: Arc<dyn Seal> = match &config.seal {
@@ -44,10 +50,13 @@ pub async fn assemble(config: &Config) -> anyhow::Result<Parts> {
             seal.ensure_key()?;
             Arc::new(seal)
         }
-        SealConfig::AwsKms { key_id } => Arc::new(AwsKmsSeal::new(
+        #[cfg(feature = "aws")]
+        SealConfig::AwsKms { key_id } => Arc::new(crate::seal::awskms::AwsKmsSeal::new(
             aws_sdk_kms::Client::new(aws.get_or_init(crate::aws::sdk_config).await),
             key_id,
         )),
+        #[cfg(not(feature = "aws"))]
+        SealConfig::AwsKms { .. } => anyhow::bail!("this build has no AWS support (feature aws)"),
     };
     let (tls, dev_ca) = match &config.tls {
         TlsSource::Files { cert, key } => (kinko_tls::server_config(cert, key)?, None),

@@ -233,7 +233,7 @@ async fn bindings_and_role_names() {
         (unknown.status, unknown.errors()),
         (
             StatusCode::BAD_REQUEST,
-            vec![r#"invalid role name "nope""#.to_owned()]
+            vec!["invalid role name: no such role on this auth mount".to_owned()]
         )
     );
     for role in ["../app", "app/../../sys", "\u{0430}pp", "app\u{200b}"] {

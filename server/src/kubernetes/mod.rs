@@ -234,7 +234,8 @@ pub async fn login(u: &Unsealed, mount: &Mount, role_name: &str, token: &str) ->
     }
     let role = read_role(u, mount, role_name)
         .await?
-        .ok_or_else(|| Error::BadRequest(format!("invalid role name {role_name:?}")))?;
+        // The caller's text is not quoted back: it is unauthenticated and lands in the audit log.
+        .ok_or_else(|| Error::bad_request("invalid role name: no such role on this auth mount"))?;
     if token.is_empty() || token.len() > 16 * 1024 {
         return Err(Error::bad_request("missing or oversized jwt"));
     }

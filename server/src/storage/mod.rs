@@ -5,6 +5,7 @@
 /// The suite every backend must pass; compiled for tests only (`--features conformance`).
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(feature = "aws")]
 pub mod dynamodb;
 pub mod sqlite;
 
