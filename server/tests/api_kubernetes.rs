@@ -249,6 +249,25 @@ async fn bindings_and_role_names() {
         .await;
     assert_eq!(traversal.status, StatusCode::BAD_REQUEST);
 
+    // A login never issues a root token: a role naming it is refused (as in Vault).
+    let rooted = json!({ "bound_service_account_names": ["app"], "bound_service_account_namespaces": ["prod"],
+                         "audience": AUDIENCE, "token_policies": ["app-read", "root"] });
+    let refused = c
+        .server
+        .post("/v1/auth/kubernetes/role/rooted", ROOT, rooted)
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused.errors()[0].contains("root"),
+        "{:?}",
+        refused.errors()
+    );
+    assert_eq!(
+        login(&c.server, "rooted", &jwt).await.status,
+        StatusCode::BAD_REQUEST,
+        "the role was not stored"
+    );
+
     let wildcard = json!({ "bound_service_account_names": ["*"], "bound_service_account_namespaces": ["*"],
                            "audience": AUDIENCE, "token_policies": ["app-read"] });
     c.server

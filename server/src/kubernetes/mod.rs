@@ -156,6 +156,12 @@ impl Role {
         }
         for policy in &self.token_policies {
             validate_name(policy).map_err(|e| Error::BadRequest(e.to_string()))?;
+            // As Vault: an auth method never issues root tokens (a Pod would hold one).
+            if policy == "root" {
+                return Err(Error::bad_request(
+                    "token_policies cannot include root: a login never issues a root token",
+                ));
+            }
         }
         if self.token_ttl > MAX_TTL || self.token_max_ttl > MAX_TTL {
             return Err(Error::BadRequest(format!(
