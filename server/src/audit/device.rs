@@ -58,17 +58,33 @@ enum Sink {
     Stdout,
 }
 
-/// A file device's writer: one thread per device owns the file and writes the lines of
+/// A file device's writer: one thread per device owns the file and writes the queued lines of
 /// concurrent requests with one `write` per batch (fewer syscalls under load), then tells each
-/// request whether its line is written. The thread ends when the device is dropped.
+/// request whether its line is written. A line nobody waits for yet (a read's request entry)
+/// is queued without waking the thread: it goes out with the next line someone waits for, or
+/// within [`FLUSH_EVERY`]. The thread ends when the device is dropped.
 struct FileSink {
-    queue: std::sync::mpsc::Sender<Pending>,
+    queue: Arc<Queue>,
+}
+
+struct Queue {
+    state: std::sync::Mutex<QueueState>,
+    ready: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    lines: Vec<Pending>,
+    stopped: bool,
 }
 
 struct Pending {
     line: Vec<u8>,
     written: tokio::sync::oneshot::Sender<Result<(), std::io::ErrorKind>>,
 }
+
+/// The longest a queued line nobody waits for stays unwritten.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The writer thread's file: the open file and the reopen generation it was opened at.
 struct OpenFile {
@@ -77,9 +93,6 @@ struct OpenFile {
     file: Option<std::fs::File>,
     generation: u64,
 }
-
-/// Lines written with one `write` at most.
-const MAX_BATCH: usize = 256;
 
 impl FileSink {
     /// Opens for appending a regular file (created with `mode`, and set to it): not through a
@@ -103,23 +116,34 @@ impl FileSink {
     }
 
     fn start(open: OpenFile) -> std::io::Result<FileSink> {
-        let (queue, lines) = std::sync::mpsc::channel::<Pending>();
+        let queue = Arc::new(Queue {
+            state: std::sync::Mutex::new(QueueState::default()),
+            ready: std::sync::Condvar::new(),
+        });
+        let writer_queue = queue.clone();
         std::thread::Builder::new()
             .name("kinko-audit".into())
-            .spawn(move || FileSink::writer(open, lines))?;
+            .spawn(move || FileSink::writer(open, &writer_queue))?;
         Ok(FileSink { queue })
     }
 
-    fn writer(mut open: OpenFile, lines: std::sync::mpsc::Receiver<Pending>) {
+    fn writer(mut open: OpenFile, queue: &Queue) {
         let mut buffer = Vec::new();
-        while let Ok(first) = lines.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match lines.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
+        loop {
+            let batch = {
+                let mut state = queue.state.lock().expect("audit queue poisoned");
+                while state.lines.is_empty() && !state.stopped {
+                    state = queue
+                        .ready
+                        .wait_timeout(state, FLUSH_EVERY)
+                        .expect("audit queue poisoned")
+                        .0;
                 }
-            }
+                if state.lines.is_empty() {
+                    return; // stopped, and nothing left
+                }
+                std::mem::take(&mut state.lines)
+            };
             buffer.clear();
             for pending in &batch {
                 buffer.extend_from_slice(&pending.line);
@@ -131,15 +155,44 @@ impl FileSink {
         }
     }
 
-    async fn write(&self, line: Vec<u8>) -> std::io::Result<()> {
+    /// Queues `line`; with `wake`, the writer writes it (and whatever is queued) now.
+    fn submit(&self, line: Vec<u8>, wake: bool) -> Written {
         let (written, done) = tokio::sync::oneshot::channel();
-        let sent = self.queue.send(Pending { line, written });
-        if sent.is_err() {
-            return Err(std::io::Error::other("the audit writer has stopped"));
+        let mut state = self.queue.state.lock().expect("audit queue poisoned");
+        state.lines.push(Pending { line, written });
+        drop(state);
+        if wake {
+            self.queue.ready.notify_one();
         }
-        match done.await {
-            Ok(result) => result.map_err(std::io::Error::from),
-            Err(_) => Err(std::io::Error::other("the audit writer has stopped")),
+        Written::Waiting(done)
+    }
+}
+
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        self.queue
+            .state
+            .lock()
+            .expect("audit queue poisoned")
+            .stopped = true;
+        self.queue.ready.notify_one();
+    }
+}
+
+/// One device's answer for one line: known at once (stdout) or when its writer has written.
+enum Written {
+    Done(std::io::Result<()>),
+    Waiting(tokio::sync::oneshot::Receiver<Result<(), std::io::ErrorKind>>),
+}
+
+impl Written {
+    async fn result(self) -> std::io::Result<()> {
+        match self {
+            Written::Done(result) => result,
+            Written::Waiting(done) => match done.await {
+                Ok(result) => result.map_err(std::io::Error::from),
+                Err(_) => Err(std::io::Error::other("the audit writer has stopped")),
+            },
         }
     }
 }
@@ -248,10 +301,10 @@ impl Device {
         })
     }
 
-    async fn write(&self, line: Vec<u8>) -> std::io::Result<()> {
+    fn submit(&self, line: Vec<u8>, wake: bool) -> Written {
         match &self.sink {
-            Sink::File(file) => file.write(line).await,
-            Sink::Stdout => std::io::stdout().lock().write_all(&line),
+            Sink::File(file) => file.submit(line, wake),
+            Sink::Stdout => Written::Done(std::io::stdout().lock().write_all(&line)),
         }
     }
 }
@@ -372,27 +425,47 @@ async fn stored(store: &EncryptedStorage) -> Result<(Vec<DeviceConfig>, Precondi
     )
 }
 
-/// Writes one entry (built per device: each has its own salt) to every device. Recorded when
-/// at least one device wrote it; otherwise the request must not be served.
-pub async fn record(devices: &[Arc<Device>], build: impl Fn(&Salt) -> Vec<u8>) -> Result<()> {
-    let mut written = false;
-    for device in devices {
-        match device.write(build(&device.salt)).await {
-            Ok(()) => {
-                METRICS.audit_write(true);
-                written = true;
-            }
-            Err(error) => {
-                METRICS.audit_write(false);
-                tracing::error!(device = %device.config.path, %error, "audit device write failed");
+/// One entry handed to every device, not yet known to be written.
+pub struct Recording {
+    writes: Vec<(Arc<Device>, Written)>,
+}
+
+/// Hands one entry (built per device: each has its own salt) to every device. With `wake`,
+/// the writers write it now; without, it goes out with the next entry someone waits for (a
+/// read's request entry, confirmed together with its response entry).
+pub fn submit(devices: &[Arc<Device>], build: impl Fn(&Salt) -> Vec<u8>, wake: bool) -> Recording {
+    Recording {
+        writes: devices
+            .iter()
+            .map(|device| (device.clone(), device.submit(build(&device.salt), wake)))
+            .collect(),
+    }
+}
+
+impl Recording {
+    /// Recorded when at least one device wrote the entry; otherwise the request must not be
+    /// served.
+    pub async fn confirmed(self) -> Result<()> {
+        let mut written = false;
+        let any = !self.writes.is_empty();
+        for (device, write) in self.writes {
+            match write.result().await {
+                Ok(()) => {
+                    METRICS.audit_write(true);
+                    written = true;
+                }
+                Err(error) => {
+                    METRICS.audit_write(false);
+                    tracing::error!(device = %device.config.path, %error, "audit device write failed");
+                }
             }
         }
-    }
-    if written || devices.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Internal(
-            "no audit device could record the request; it was not served".into(),
-        ))
+        if written || !any {
+            Ok(())
+        } else {
+            Err(Error::Internal(
+                "no audit device could record the request; it was not served".into(),
+            ))
+        }
     }
 }

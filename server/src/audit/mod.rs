@@ -50,6 +50,7 @@ impl Salt {
 }
 
 /// `hmac-sha256:` and 64 hex digits, on the stack.
+#[derive(Clone, Copy)]
 pub struct HashText([u8; 76]);
 
 impl HashText {
@@ -145,7 +146,25 @@ impl Serialize for HashedAuth<'_> {
 }
 
 /// A hash, or `""` when there is nothing to hash.
+#[derive(Clone, Copy)]
 struct MaybeHash(Option<HashText>);
+
+/// The presented token's and its accessor's hashes, made once per entry (both the `auth` and
+/// the `request` block carry them).
+#[derive(Clone, Copy)]
+struct TokenHashes {
+    client_token: MaybeHash,
+    accessor: MaybeHash,
+}
+
+impl TokenHashes {
+    fn new(salt: &Salt, record: &RequestRecord<'_>) -> TokenHashes {
+        TokenHashes {
+            client_token: MaybeHash(record.client_token.map(|t| salt.hash_text(t))),
+            accessor: MaybeHash(record.token.map(|t| salt.hash_text(&t.accessor))),
+        }
+    }
+}
 
 impl Serialize for MaybeHash {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -196,12 +215,12 @@ struct Auth<'a> {
 }
 
 impl<'a> Auth<'a> {
-    fn new(salt: &Salt, record: &RequestRecord<'a>) -> Auth<'a> {
-        let client_token = MaybeHash(record.client_token.map(|t| salt.hash_text(t)));
+    fn new(hashes: TokenHashes, record: &RequestRecord<'a>) -> Auth<'a> {
+        let client_token = hashes.client_token;
         match record.token {
             Some(entry) => Auth {
                 client_token,
-                accessor: MaybeHash(Some(salt.hash_text(&entry.accessor))),
+                accessor: hashes.accessor,
                 display_name: &entry.display_name,
                 policies: &entry.policies,
                 token_policies: &entry.policies,
@@ -250,13 +269,13 @@ struct RequestBlock<'a> {
 }
 
 impl<'a> RequestBlock<'a> {
-    fn new(salt: &'a Salt, record: &RequestRecord<'a>) -> RequestBlock<'a> {
+    fn new(salt: &'a Salt, hashes: TokenHashes, record: &RequestRecord<'a>) -> RequestBlock<'a> {
         RequestBlock {
             id: record.id,
             operation: record.operation,
             mount_type: record.mount_type,
-            client_token: MaybeHash(record.client_token.map(|t| salt.hash_text(t))),
-            client_token_accessor: MaybeHash(record.token.map(|t| salt.hash_text(&t.accessor))),
+            client_token: hashes.client_token,
+            client_token_accessor: hashes.accessor,
             namespace: Namespace { id: "root" },
             path: record.path,
             data: record
@@ -303,11 +322,12 @@ fn line(entry: &Entry<'_>) -> Vec<u8> {
 
 /// The line (JSON and a newline) written before a request is served.
 pub fn request_entry(salt: &Salt, record: &RequestRecord<'_>, time: &str, error: &str) -> Vec<u8> {
+    let hashes = TokenHashes::new(salt, record);
     line(&Entry {
         time,
         kind: "request",
-        auth: Auth::new(salt, record),
-        request: RequestBlock::new(salt, record),
+        auth: Auth::new(hashes, record),
+        request: RequestBlock::new(salt, hashes, record),
         response: None,
         error,
     })
@@ -332,11 +352,12 @@ pub fn response_entry(
                 .join("; ")
         })
         .unwrap_or_default();
+    let hashes = TokenHashes::new(salt, record);
     line(&Entry {
         time,
         kind: "response",
-        auth: Auth::new(salt, record),
-        request: RequestBlock::new(salt, record),
+        auth: Auth::new(hashes, record),
+        request: RequestBlock::new(salt, hashes, record),
         response: Some(ResponseBlock {
             mount_type: record.mount_type,
             status: response.status,
