@@ -1,5 +1,6 @@
-//! Fixed-window counters per key (pure, in memory, per replica): the `sealed/compare` budget
-//! per token and the failed-login budget per auth mount, role and source address.
+//! Limits per key (pure, in memory, per replica): fixed-window counters for the
+//! `sealed/compare` budget per token and the failed-login budget per auth mount, role and source
+//! address; [`InFlight`], the share of requests in flight one token may hold.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -82,5 +83,81 @@ mod tests {
         let next_window = start + Duration::from_secs(60);
         assert!(limit.check("a", next_window).is_ok());
         assert!(limit.spend("a", next_window).is_ok());
+    }
+}
+
+/// Requests in flight per key (a token), each holding a [`Slot`] until it is answered: one
+/// holder cannot take the server-wide in-flight budget (`kinko_tls::MAX_IN_FLIGHT`) from
+/// everyone else, for instance with bodies it never finishes sending.
+pub struct InFlight {
+    limit: usize,
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+/// One request's place in its key's share; given back when dropped.
+pub struct Slot {
+    owner: std::sync::Arc<InFlight>,
+    key: String,
+}
+
+impl InFlight {
+    pub fn new(limit: usize) -> std::sync::Arc<InFlight> {
+        std::sync::Arc::new(InFlight {
+            limit,
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for `key`, or `None` when it already has `limit` requests in flight.
+    pub fn try_take(self: &std::sync::Arc<Self>, key: &str) -> Option<Slot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(key.to_owned()).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            owner: self.clone(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_holds_at_most_its_limit_and_gets_slots_back() {
+        let slots = InFlight::new(2);
+        let a = slots.try_take("t1").unwrap();
+        let _b = slots.try_take("t1").unwrap();
+        assert!(slots.try_take("t1").is_none(), "over the limit");
+        assert!(
+            slots.try_take("t2").is_some(),
+            "another key is not affected"
+        );
+        drop(a);
+        assert!(
+            slots.try_take("t1").is_some(),
+            "a dropped slot is given back"
+        );
+        drop(_b);
+        assert!(
+            slots.counts.lock().unwrap().len() <= 1,
+            "idle keys are forgotten"
+        );
     }
 }

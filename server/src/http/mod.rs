@@ -39,7 +39,14 @@ pub struct App {
     /// Requests without a token (logins, init, unseal, status) in flight at once: a flood of
     /// them cannot take the request slots that token holders need.
     token_less: Arc<tokio::sync::Semaphore>,
+    /// Requests in flight per token (see [`MAX_IN_FLIGHT_PER_TOKEN`]).
+    per_token: Arc<crate::ratelimit::InFlight>,
 }
+
+/// One token's share of the server-wide in-flight budget (`kinko_tls::MAX_IN_FLIGHT`, 1024):
+/// a holder of any valid token who stalls requests (bodies never finished) takes at most this
+/// many slots, and the others stay for everyone else. Past it: 429 with `Retry-After`.
+pub const MAX_IN_FLIGHT_PER_TOKEN: usize = 256;
 
 /// See [`App`]; logins wait on TokenReview, so this leaves room for a rollout's burst.
 pub const MAX_TOKEN_LESS_IN_FLIGHT: usize = 128;
@@ -49,6 +56,7 @@ pub fn router(core: Arc<Core>, max_body_bytes: usize) -> Router {
         core,
         max_body_bytes,
         token_less: Arc::new(tokio::sync::Semaphore::new(MAX_TOKEN_LESS_IN_FLIGHT)),
+        per_token: crate::ratelimit::InFlight::new(MAX_IN_FLIGHT_PER_TOKEN),
     })
 }
 
@@ -78,6 +86,8 @@ pub struct Req {
     unspent_use: Option<crate::tokens::Found>,
     /// Held while a token-less request is served.
     _token_less_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Held while a token holder's request is served.
+    _token_slot: Option<crate::ratelimit::Slot>,
 }
 
 impl Req {
@@ -119,9 +129,21 @@ async fn serve_request(app: App, request: Request, request_id: String) -> Respon
     let mut route = UNKNOWN_ROUTE;
     let rendered = match parse(&app, request).await {
         Ok(mut req) => {
-            // Fail closed: a request no device could record is not served, and costs nothing.
+            // Fail closed: a request no device could record is not served. A change (or a
+            // limited-use token's use) waits for its request entry first, so it costs nothing;
+            // a read runs while its request entry is written, and its answer waits for both.
+            let reads_only =
+                req.unspent_use.is_none() && matches!(req.op, Operation::Read | Operation::List);
+            let mut pending = None;
             let recorded = match &audited {
-                Some(audit) => audit.request(Some(&req), &request_id, "").await,
+                Some(audit) if reads_only => {
+                    pending = Some(audit.submit_request(Some(&req), &request_id, "", false));
+                    Ok(())
+                }
+                Some(audit) => {
+                    let entry = audit.submit_request(Some(&req), &request_id, "", true);
+                    entry.confirmed().await
+                }
                 None => Ok(()),
             };
             match recorded {
@@ -138,7 +160,11 @@ async fn serve_request(app: App, request: Request, request_id: String) -> Respon
                     let result = result.map(|reply| (reply, mount_type(req.path.as_str())));
                     let rendered = render(result, &request_id);
                     match &audited {
-                        Some(audit) => audit.response(Some(&req), &request_id, rendered).await,
+                        Some(audit) => {
+                            audit
+                                .response(Some(&req), &request_id, rendered, pending)
+                                .await
+                        }
                         None => rendered,
                     }
                 }
@@ -153,8 +179,9 @@ async fn serve_request(app: App, request: Request, request_id: String) -> Respon
                         .and_then(|b| b["errors"][0].as_str())
                         .unwrap_or_default()
                         .to_owned();
-                    match audit.request(None, &request_id, &error).await {
-                        Ok(()) => audit.response(None, &request_id, rendered).await,
+                    let entry = audit.submit_request(None, &request_id, &error, true);
+                    match entry.confirmed().await {
+                        Ok(()) => audit.response(None, &request_id, rendered, None).await,
                         Err(error) => render(Err(error), &request_id),
                     }
                 }
@@ -231,30 +258,50 @@ impl Audited {
         }
     }
 
-    async fn request(&self, req: Option<&Req>, id: &str, error: &str) -> Result<()> {
+    /// Hands the request entry to the devices; `wake`: written now (the caller waits for it).
+    fn submit_request(
+        &self,
+        req: Option<&Req>,
+        id: &str,
+        error: &str,
+        wake: bool,
+    ) -> crate::audit::device::Recording {
         let record = self.record(req, id);
         let time = crate::clock::rfc3339(crate::clock::now());
-        crate::audit::device::record(&self.devices, |salt| {
-            crate::audit::request_entry(salt, &record, &time, error)
-        })
-        .await
+        crate::audit::device::submit(
+            &self.devices,
+            |salt| crate::audit::request_entry(salt, &record, &time, error),
+            wake,
+        )
     }
 
-    /// `rendered` if its entry was recorded, else the 500 that replaces it (no data).
-    async fn response(&self, req: Option<&Req>, id: &str, rendered: Rendered) -> Rendered {
+    /// `rendered` if its entry (and the request entry still `pending`, if any) was recorded,
+    /// else the 500 that replaces it (no data).
+    async fn response(
+        &self,
+        req: Option<&Req>,
+        id: &str,
+        rendered: Rendered,
+        pending: Option<crate::audit::device::Recording>,
+    ) -> Rendered {
         let record = self.record(req, id);
         let time = crate::clock::rfc3339(crate::clock::now());
         let response = crate::audit::ResponseRecord {
             status: rendered.status.as_u16(),
             body: rendered.json_body(),
         };
-        match crate::audit::device::record(&self.devices, |salt| {
-            crate::audit::response_entry(salt, &record, &response, &time)
-        })
-        .await
-        {
-            Ok(()) => rendered,
-            Err(error) => render(Err(error), id),
+        let entry = crate::audit::device::submit(
+            &self.devices,
+            |salt| crate::audit::response_entry(salt, &record, &response, &time),
+            true,
+        );
+        let request_recorded = match pending {
+            Some(request) => request.confirmed().await,
+            None => Ok(()),
+        };
+        match (request_recorded, entry.confirmed().await) {
+            (Ok(()), Ok(())) => rendered,
+            (Err(error), _) | (_, Err(error)) => render(Err(error), id),
         }
     }
 }
@@ -308,20 +355,24 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
         )?;
     // The token is checked before the body is read: without a valid one, nothing is buffered
     // beyond the small limit of the endpoints that take no token.
-    let (caller, unspent_use, token_less_permit, body_limit) =
+    let (caller, unspent_use, token_less_permit, token_slot, body_limit) =
         if is_unauthenticated(&app.core, &path) {
             let permit =
                 app.token_less.clone().try_acquire_owned().map_err(|_| {
                     Error::Overloaded("too many requests without a token in flight")
                 })?;
             let limit = UNAUTHENTICATED_MAX_BODY_BYTES.min(app.max_body_bytes);
-            (None, None, Some(permit), limit)
+            (None, None, Some(permit), None, limit)
         } else {
             let unsealed = app.core.unsealed()?;
             let (found, acl) = find_token(&unsealed, &parts.headers).await?;
+            let slot = app
+                .per_token
+                .try_take(&found.caller().hash)
+                .ok_or(Error::TooManyRequests { retry_after: 1 })?;
             let caller = Some((found.caller().clone(), acl));
             let unspent = found.caller().use_limited.then_some(found);
-            (caller, unspent, None, app.max_body_bytes)
+            (caller, unspent, None, Some(slot), app.max_body_bytes)
         };
     let bytes = axum::body::to_bytes(body, body_limit)
         .await
@@ -356,6 +407,7 @@ async fn parse(app: &App, request: Request) -> Result<Req> {
         caller,
         unspent_use,
         _token_less_permit: token_less_permit,
+        _token_slot: token_slot,
     })
 }
 
