@@ -22,28 +22,6 @@ const OTHER_VALUE: &str = "audit-e2e-second-value-27aa";
 /// Sent where an error message might echo it.
 const CANARY: &str = "canary-7f3e91d2";
 
-/// Files below `root` whose name starts with `prefix`.
-fn logs_under_named(root: &std::path::Path, prefix: &str) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut dirs = vec![root.to_owned()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(prefix)
-            {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
-
 fn entries(file: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(file)
         .unwrap_or_default()
@@ -284,6 +262,18 @@ async fn the_audit_file_records_every_request_without_any_secret_and_metrics_par
             json!({ "role": CANARY, "jwt": jwt }),
         ),
         (
+            &server.client(None),
+            Method::POST,
+            "auth/kubernetes/login",
+            json!({ "role": format!("{CANARY}/x {CANARY}"), "jwt": jwt }),
+        ),
+        (
+            &root,
+            Method::POST,
+            "auth/token/create",
+            json!({ "type": CANARY }),
+        ),
+        (
             &server.client(Some(&pod_token)),
             Method::POST,
             "secret/data/app/db",
@@ -318,7 +308,8 @@ async fn the_audit_file_records_every_request_without_any_secret_and_metrics_par
     assert!(std::fs::read_to_string(&file).unwrap().contains(&hash));
 
     // Nothing secret in the audit file, the server's trace-level logs, envrun's own output,
-    // any error body, the metrics, or a core file.
+    // any error body, or the metrics. (Core files: the server allows itself none, see the
+    // hardening tests in server_e2e.rs.)
     let secrets = [
         VALUE,
         OTHER_VALUE,
@@ -353,8 +344,7 @@ async fn the_audit_file_records_every_request_without_any_secret_and_metrics_par
         }
     }
     kinko_e2e::assert_no_secret_in_logs(dir.path(), &secrets);
-    let cores = logs_under_named(dir.path(), "core");
-    assert!(cores.is_empty(), "{cores:?}");
+
     // The logs are JSON, and the lines of a request carry its id.
     let (_, log) = logs_under(dir.path()).pop().unwrap();
     let lines: Vec<Value> = log

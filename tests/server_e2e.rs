@@ -420,6 +420,7 @@ fn harden_and_kill(signal: i32, memlock: libc::rlim_t) -> Hardened {
                 rlim_max: memlock,
             };
             if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lock) != 0
+                || libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setgid(NOBODY) != 0
                 || libc::setuid(NOBODY) != 0
             {
@@ -599,8 +600,9 @@ async fn key_material(data_dir: &std::path::Path) -> Vec<[u8; 32]> {
     keys
 }
 
-/// How many times each key occurs in the process's writable memory (heap, stacks, anonymous
-/// mappings), read through /proc/<pid>/mem as a debugger would.
+/// How many times either 16-byte half of each key (AES-256's first two round keys, which a key
+/// expansion may leave apart) occurs in the process's writable memory (heap, stacks,
+/// anonymous mappings), read through /proc/<pid>/mem as a debugger would.
 fn occurrences_in_memory(pid: i32, keys: &[[u8; 32]]) -> Vec<usize> {
     use std::io::{Seek, SeekFrom};
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
@@ -619,12 +621,15 @@ fn occurrences_in_memory(pid: i32, keys: &[[u8; 32]]) -> Vec<usize> {
             continue; // guard pages and the like
         }
         for (key, count) in keys.iter().zip(found.iter_mut()) {
-            let here = region.windows(32).filter(|w| w == key).count();
+            let here = region
+                .windows(16)
+                .filter(|w| *w == &key[..16] || *w == &key[16..])
+                .count();
             if here > 0 && std::env::var_os("KINKO_TEST_MEMORY_DEBUG").is_some() {
                 let offsets: Vec<_> = region
-                    .windows(32)
+                    .windows(16)
                     .enumerate()
-                    .filter(|(_, w)| w == key)
+                    .filter(|(_, w)| *w == &key[..16] || *w == &key[16..])
                     .map(|(i, _)| format!("{:x}", start + i as u64))
                     .collect();
                 eprintln!("{here} in {line}: {offsets:?}");

@@ -266,6 +266,7 @@ fn main() -> std::process::ExitCode {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(kinko_server::scrub::WORKER_STACK_BYTES)
         .on_thread_park(kinko_server::scrub::on_thread_park)
         .build()
         .expect("tokio runtime");

@@ -119,9 +119,9 @@ async fn create(u: &Unsealed, req: &Req, orphan_endpoint: bool) -> Result<Reply>
     }
     if let Some(kind) = req.body.str("type")? {
         if kind != "service" && kind != "default" {
-            return Err(Error::BadRequest(format!(
-                "token type {kind:?} is not supported: kinko issues service tokens"
-            )));
+            return Err(Error::bad_request(
+                "this token type is not supported: kinko issues service tokens",
+            ));
         }
     }
     let no_parent = req.body.bool("no_parent")?.unwrap_or(false);

@@ -67,7 +67,9 @@ pub struct Role {
 
 /// Role names are plain ASCII (no `/`, `..`, or look-alike letters).
 pub fn validate_role_name(name: &str) -> Result<()> {
-    validate_name(name).map_err(|_| Error::BadRequest(format!("invalid role name {name:?}")))
+    // Not quoted back: logins send it unauthenticated, and errors land in the audit log.
+    validate_name(name)
+        .map_err(|_| Error::bad_request("invalid role name: use letters, digits, '-', '_' and '.'"))
 }
 
 fn config_key(mount: &Mount) -> String {
