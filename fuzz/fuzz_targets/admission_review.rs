@@ -58,7 +58,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let patch = base64::engine::general_purpose::STANDARD
-        .decode(review.response["response"]["patch"].as_str().expect("a patch"))
+        .decode(
+            review.response["response"]["patch"]
+                .as_str()
+                .expect("a patch"),
+        )
         .expect("base64");
     let patch: json_patch::Patch = serde_json::from_slice(&patch).expect("a JSON patch");
     let mut object = original["request"]["object"].clone();

@@ -52,10 +52,19 @@ async fn limited_token(router: &Router) -> String {
     .await;
     assert!(status.is_success(), "token create: {status}");
     let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
-    body["auth"]["client_token"].as_str().expect("a token").to_owned()
+    body["auth"]["client_token"]
+        .as_str()
+        .expect("a token")
+        .to_owned()
 }
 
-async fn call(router: &Router, method: Method, uri: &str, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+async fn call(
+    router: &Router,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Vec<u8>) {
     let mut request = Request::builder().method(method).uri(uri);
     if let Some(token) = token {
         request = request.header("X-Vault-Token", token);
@@ -66,7 +75,12 @@ async fn call(router: &Router, method: Method, uri: &str, token: Option<&str>, b
     };
     let response = router.clone().oneshot(request).await.expect("infallible");
     let status = response.status();
-    let bytes = response.into_body().collect().await.expect("a body").to_bytes();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes();
     (status, bytes.to_vec())
 }
 
@@ -122,14 +136,19 @@ fn api() -> &'static Api {
     })
 }
 
-const METHODS: [&str; 9] = ["GET", "PUT", "POST", "DELETE", "LIST", "PATCH", "HEAD", "OPTIONS", "BREW"];
+const METHODS: [&str; 9] = [
+    "GET", "PUT", "POST", "DELETE", "LIST", "PATCH", "HEAD", "OPTIONS", "BREW",
+];
 
 fuzz_target!(|data: &[u8]| {
     let api = api();
     let [method, token, rest @ ..] = data else {
         return;
     };
-    if rest.windows(8).any(|w| canary().as_bytes().windows(8).any(|c| c == w)) {
+    if rest
+        .windows(8)
+        .any(|w| canary().as_bytes().windows(8).any(|c| c == w))
+    {
         return;
     }
     let method = Method::from_bytes(METHODS[usize::from(*method) % METHODS.len()].as_bytes())
@@ -149,12 +168,24 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let uri = format!("/v1/{path}");
-    let (status, answer) = api
-        .runtime
-        .block_on(call(&api.router, method.clone(), &uri, token, body.to_vec()));
-    assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{method} {uri}: {}", String::from_utf8_lossy(&answer));
+    let (status, answer) = api.runtime.block_on(call(
+        &api.router,
+        method.clone(),
+        &uri,
+        token,
+        body.to_vec(),
+    ));
+    assert_ne!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{method} {uri}: {}",
+        String::from_utf8_lossy(&answer)
+    );
     let text = String::from_utf8_lossy(&answer);
-    assert!(!text.contains(canary()), "{method} {uri} leaked the canary: {text}");
+    assert!(
+        !text.contains(canary()),
+        "{method} {uri} leaked the canary: {text}"
+    );
     if token.is_some_and(|t| t == limited) {
         // Revoked itself (revoke-self)? Then later inputs get a fresh one.
         let (status, _) = api.runtime.block_on(call(
@@ -165,7 +196,8 @@ fuzz_target!(|data: &[u8]| {
             Vec::new(),
         ));
         if status == StatusCode::FORBIDDEN {
-            *api.limited.lock().expect("not poisoned") = api.runtime.block_on(limited_token(&api.router));
+            *api.limited.lock().expect("not poisoned") =
+                api.runtime.block_on(limited_token(&api.router));
         }
     }
 });

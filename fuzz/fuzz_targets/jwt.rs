@@ -48,7 +48,12 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     if let Ok(claims) = jwt::unverified_claims(text) {
-        let _ = jwt::check_claims(&claims, "kinko", Some("https://kubernetes.default.svc"), now);
+        let _ = jwt::check_claims(
+            &claims,
+            "kinko",
+            Some("https://kubernetes.default.svc"),
+            now,
+        );
         let _ = jwt::service_account(&claims);
     }
     let verified = jwt::verify(text, keys(), "kinko", None, now);

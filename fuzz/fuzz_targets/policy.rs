@@ -9,16 +9,6 @@ use kinko_server::path::LogicalPath;
 use kinko_server::policy::{self, Acl, Capability};
 use libfuzzer_sys::fuzz_target;
 
-const CAPABILITIES: [Capability; 7] = [
-    Capability::Create,
-    Capability::Read,
-    Capability::Update,
-    Capability::Patch,
-    Capability::Delete,
-    Capability::List,
-    Capability::Sudo,
-];
-
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -41,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
         }
         let same: Vec<_> = rules.iter().filter(|r| r.pattern == rule.pattern).collect();
         let denied = same.iter().any(|r| r.caps.contains(Capability::Deny));
-        for capability in CAPABILITIES {
+        for capability in Capability::ALL
+            .into_iter()
+            .filter(|c| *c != Capability::Deny)
+        {
             let granted = !denied && same.iter().any(|r| r.caps.contains(capability));
             assert_eq!(
                 acl.allows(&path, capability),

@@ -16,9 +16,14 @@ fuzz_target!(|data: &[u8]| {
     let mut previous_end = 0;
     let mut same = Vec::new();
     for site in &sites {
-        assert!(site.span.start >= previous_end, "spans in order, not overlapping");
+        assert!(
+            site.span.start >= previous_end,
+            "spans in order, not overlapping"
+        );
         previous_end = site.span.end;
-        let scalar = text.get(site.span.clone()).expect("a span on char boundaries");
+        let scalar = text
+            .get(site.span.clone())
+            .expect("a span on char boundaries");
         let line = 1 + text[..site.span.start].matches('\n').count();
         assert_eq!(site.line, line);
         // A double-quoted scalar may spell its value with escapes; the checks of the raw text

@@ -6,7 +6,9 @@
 
 use std::sync::OnceLock;
 
-use kinko_server::sealed::{self, transfer, Binding, Header, PrivateKey, SealingRoot, SignedKeyDocument};
+use kinko_server::sealed::{
+    self, transfer, Binding, Header, PrivateKey, SealingRoot, SignedKeyDocument,
+};
 use kinko_server::secret::Key256;
 use libfuzzer_sys::fuzz_target;
 
@@ -43,8 +45,12 @@ fn fixture() -> &'static Fixture {
 fn open(text: &str) -> Option<Vec<u8>> {
     let decoded = sealed::decode(text).ok()?;
     let header = &decoded.header;
-    let binding = Binding::new(&header.cluster_id, &header.namespace, &header.service_account)
-        .expect("a decoded header names a valid binding");
+    let binding = Binding::new(
+        &header.cluster_id,
+        &header.namespace,
+        &header.service_account,
+    )
+    .expect("a decoded header names a valid binding");
     let fixture = fixture();
     // Deriving an X-Wing key pair is slow: the real value's is kept.
     let derived;

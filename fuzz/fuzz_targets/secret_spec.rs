@@ -32,7 +32,11 @@ fuzz_target!(|data: &[u8]| {
             printed.push('=');
             printed.push_str(name);
         }
-        assert_eq!(parse_secret_spec(&printed).as_ref(), Ok(&spec), "{printed:?}");
+        assert_eq!(
+            parse_secret_spec(&printed).as_ref(),
+            Ok(&spec),
+            "{printed:?}"
+        );
         if let Ok(naming) = parse_naming_flags(flags.iter().copied()) {
             let again = parse_naming_flags(naming.to_flags().iter().map(String::as_str))
                 .expect("own flags parse");

@@ -56,7 +56,7 @@ impl Capability {
         })
     }
 
-    const ALL: [Capability; 8] = [
+    pub const ALL: [Capability; 8] = [
         Capability::Create,
         Capability::Read,
         Capability::Update,
