@@ -58,18 +58,26 @@ enum Sink {
     Stdout,
 }
 
-/// A file device's writer: one thread per device owns the file and writes the queued lines of
-/// concurrent requests with one `write` per batch (fewer syscalls under load), then tells each
-/// request whether its line is written. A line nobody waits for yet (a read's request entry)
-/// is queued without waking the thread: it goes out with the next line someone waits for, or
-/// within [`FLUSH_EVERY`]. The thread ends when the device is dropped.
+/// A file device's writer. The request that queues a line it waits for takes the file's lock
+/// and writes, with one `write`, every line queued by then: lines of concurrent requests go out
+/// together (a request that waited for the lock often finds its line already written), and no
+/// thread hop or wake-up sits on a request's path. A line nobody waits for yet (a read's
+/// request entry) is queued without a write: it goes out with the next line someone waits for,
+/// or within [`FLUSH_EVERY`] from the device's flush thread, which ends when the device is
+/// dropped.
+///
+/// The write is a blocking `write(2)` on a runtime worker: to the page cache it takes a few
+/// microseconds, less than a hop to another thread; a device on storage that can stall (a
+/// hung network mount) stalls requests, as with Vault's file device.
 struct FileSink {
-    queue: Arc<Queue>,
+    shared: Arc<Shared>,
 }
 
-struct Queue {
-    state: std::sync::Mutex<QueueState>,
-    ready: std::sync::Condvar,
+struct Shared {
+    queue: std::sync::Mutex<QueueState>,
+    file: std::sync::Mutex<OpenFile>,
+    /// Wakes the flush thread to stop.
+    stop: std::sync::Condvar,
 }
 
 #[derive(Default)]
@@ -86,13 +94,25 @@ struct Pending {
 /// The longest a queued line nobody waits for stays unwritten.
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// The writer thread's file: the open file and the reopen generation it was opened at.
+/// The file: the open file and the reopen generation it was opened at.
 struct OpenFile {
     path: PathBuf,
     mode: u32,
     file: Option<std::fs::File>,
     generation: u64,
+    /// Reused between writes.
+    buffer: Vec<u8>,
+    /// The file's length as this writer knows it, and how far blocks are reserved past it.
+    length: u64,
+    reserved_to: u64,
 }
+
+/// Blocks reserved ahead of the file's end (`fallocate` with `FALLOC_FL_KEEP_SIZE`; the size
+/// seen by readers and logrotate is unchanged). Appending a line of ~1 KiB to a block that is
+/// not yet allocated makes ext4 zero the rest of the block on every write: on this project's
+/// benchmark machine that was 3.6 ns per byte appended against 1.4 ns into reserved blocks,
+/// the largest single cost of auditing a read.
+const RESERVE_AHEAD: u64 = 8 << 20;
 
 impl FileSink {
     /// Opens for appending a regular file (created with `mode`, and set to it): not through a
@@ -116,66 +136,81 @@ impl FileSink {
     }
 
     fn start(open: OpenFile) -> std::io::Result<FileSink> {
-        let queue = Arc::new(Queue {
-            state: std::sync::Mutex::new(QueueState::default()),
-            ready: std::sync::Condvar::new(),
+        let shared = Arc::new(Shared {
+            queue: std::sync::Mutex::new(QueueState::default()),
+            file: std::sync::Mutex::new(open),
+            stop: std::sync::Condvar::new(),
         });
-        let writer_queue = queue.clone();
+        let flusher = shared.clone();
         std::thread::Builder::new()
             .name("kinko-audit".into())
-            .spawn(move || FileSink::writer(open, &writer_queue))?;
-        Ok(FileSink { queue })
+            .spawn(move || flusher.flush_thread())?;
+        Ok(FileSink { shared })
     }
 
-    fn writer(mut open: OpenFile, queue: &Queue) {
-        let mut buffer = Vec::new();
-        loop {
-            let batch = {
-                let mut state = queue.state.lock().expect("audit queue poisoned");
-                while state.lines.is_empty() && !state.stopped {
-                    state = queue
-                        .ready
-                        .wait_timeout(state, FLUSH_EVERY)
-                        .expect("audit queue poisoned")
-                        .0;
-                }
-                if state.lines.is_empty() {
-                    return; // stopped, and nothing left
-                }
-                std::mem::take(&mut state.lines)
-            };
-            buffer.clear();
-            for pending in &batch {
-                buffer.extend_from_slice(&pending.line);
-            }
-            let result = open.write(&buffer).map_err(|e| e.kind());
-            for pending in batch {
-                let _ = pending.written.send(result);
-            }
-        }
-    }
-
-    /// Queues `line`; with `wake`, the writer writes it (and whatever is queued) now.
+    /// Queues `line`; with `wake`, it is written before this returns.
     fn submit(&self, line: Vec<u8>, wake: bool) -> Written {
         let (written, done) = tokio::sync::oneshot::channel();
-        let mut state = self.queue.state.lock().expect("audit queue poisoned");
-        state.lines.push(Pending { line, written });
-        drop(state);
+        self.shared
+            .queue
+            .lock()
+            .expect("audit queue poisoned")
+            .lines
+            .push(Pending { line, written });
         if wake {
-            self.queue.ready.notify_one();
+            self.shared.write_queued();
         }
         Written::Waiting(done)
     }
 }
 
+impl Shared {
+    /// Writes what is queued (nothing, if the last holder of the file took this caller's line).
+    fn write_queued(&self) {
+        let mut file = self.file.lock().expect("audit file poisoned");
+        let batch = std::mem::take(&mut self.queue.lock().expect("audit queue poisoned").lines);
+        if batch.is_empty() {
+            return;
+        }
+        let mut buffer = std::mem::take(&mut file.buffer);
+        buffer.clear();
+        for pending in &batch {
+            buffer.extend_from_slice(&pending.line);
+        }
+        let result = file.write(&buffer).map_err(|e| e.kind());
+        file.buffer = buffer;
+        for pending in batch {
+            let _ = pending.written.send(result);
+        }
+    }
+
+    /// Writes lines nobody waits for every [`FLUSH_EVERY`]; the rest when stopped.
+    fn flush_thread(&self) {
+        loop {
+            let stopped = {
+                let state = self.queue.lock().expect("audit queue poisoned");
+                let (state, _) = self
+                    .stop
+                    .wait_timeout_while(state, FLUSH_EVERY, |s| !s.stopped)
+                    .expect("audit queue poisoned");
+                state.stopped
+            };
+            self.write_queued();
+            if stopped {
+                return;
+            }
+        }
+    }
+}
+
 impl Drop for FileSink {
     fn drop(&mut self) {
-        self.queue
-            .state
+        self.shared
+            .queue
             .lock()
             .expect("audit queue poisoned")
             .stopped = true;
-        self.queue.ready.notify_one();
+        self.shared.stop.notify_one();
     }
 }
 
@@ -204,11 +239,45 @@ impl OpenFile {
             // A failed reopen leaves no file: the next write tries again.
             self.file = None;
             self.generation = generation;
-            self.file = Some(FileSink::open(&self.path, self.mode)?);
+            self.opened(FileSink::open(&self.path, self.mode)?);
         }
         let file = self.file.as_mut().expect("opened above");
+        if self.length + lines.len() as u64 > self.reserved_to {
+            self.reserved_to = reserve(file, self.length);
+        }
         // Whole lines in one write: with O_APPEND, lines never interleave.
-        file.write_all(lines)
+        file.write_all(lines)?;
+        self.length += lines.len() as u64;
+        Ok(())
+    }
+
+    fn opened(&mut self, file: std::fs::File) {
+        // Only where to reserve from: a wrong guess costs speed, not lines.
+        self.length = file.metadata().map_or(0, |m| m.len());
+        self.reserved_to = 0;
+        self.file = Some(file);
+    }
+}
+
+/// Reserves [`RESERVE_AHEAD`] bytes of blocks from `length` on; returns how far the file is
+/// now reserved. Best effort: where the file system cannot (or has no space left), lines are
+/// appended without it and the write itself reports a full disk.
+fn reserve(file: &std::fs::File, length: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (
+        libc::off_t::try_from(length),
+        libc::off_t::try_from(RESERVE_AHEAD),
+    ) else {
+        return u64::MAX;
+    };
+    // SAFETY: fallocate on an open descriptor we own; it reads no memory of ours.
+    let reserved =
+        unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) };
+    if reserved == 0 {
+        length + RESERVE_AHEAD
+    } else {
+        // Not supported, or no room: try again only after this much more is appended.
+        length + RESERVE_AHEAD / 8
     }
 }
 
@@ -277,12 +346,18 @@ impl Device {
                             None
                         }
                     };
-                    let open = OpenFile {
+                    let mut open = OpenFile {
                         path,
                         mode,
-                        file,
+                        file: None,
                         generation: REOPEN_GENERATION.load(Ordering::Relaxed),
+                        buffer: Vec::new(),
+                        length: 0,
+                        reserved_to: 0,
                     };
+                    if let Some(file) = file {
+                        open.opened(file);
+                    }
                     Sink::File(FileSink::start(open).map_err(|e| {
                         Error::Internal(format!("cannot start the audit writer: {e}"))
                     })?)
@@ -467,5 +542,75 @@ impl Recording {
                 "no audit device could record the request; it was not served".into(),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(path: &std::path::Path) -> FileSink {
+        FileSink::start(OpenFile {
+            path: path.to_owned(),
+            mode: 0o600,
+            file: None,
+            generation: REOPEN_GENERATION.load(Ordering::Relaxed),
+            buffer: Vec::new(),
+            length: 0,
+            reserved_to: 0,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_lines_are_all_written_whole_and_each_waiter_hears_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let sink = Arc::new(sink(&path));
+        let mut tasks = Vec::new();
+        for task in 0..8 {
+            let sink = sink.clone();
+            tasks.push(tokio::spawn(async move {
+                for n in 0..500 {
+                    // Every other line is one nobody waits for yet (a read's request entry).
+                    let deferred =
+                        sink.submit(format!("{task}-{n}-deferred\n").into_bytes(), false);
+                    let waited = sink.submit(format!("{task}-{n}\n").into_bytes(), true);
+                    waited.result().await.unwrap();
+                    deferred.result().await.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            tokio::time::timeout(std::time::Duration::from_secs(30), task)
+                .await
+                .expect("every waiter hears of its line")
+                .unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 8 * 500 * 2);
+        lines.sort_unstable();
+        lines.dedup();
+        assert_eq!(lines.len(), 8 * 500 * 2, "no line twice");
+    }
+
+    #[tokio::test]
+    async fn blocks_are_reserved_past_the_end_without_changing_the_size_readers_see() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let sink = sink(&path);
+        sink.submit(b"one line\n".to_vec(), true)
+            .result()
+            .await
+            .unwrap();
+        let metadata = std::fs::metadata(&path).unwrap();
+        assert_eq!(metadata.len(), 9, "the size is what was written");
+        assert!(
+            metadata.blocks() * 512 >= RESERVE_AHEAD,
+            "{} bytes of blocks reserved",
+            metadata.blocks() * 512
+        );
     }
 }
