@@ -58,17 +58,19 @@ enum Sink {
     Stdout,
 }
 
-/// A file device's writer. The request that queues a line it waits for takes the file's lock
-/// and writes, with one `write`, every line queued by then: lines of concurrent requests go out
-/// together (a request that waited for the lock often finds its line already written), and no
-/// thread hop or wake-up sits on a request's path. A line nobody waits for yet (a read's
-/// request entry) is queued without a write: it goes out with the next line someone waits for,
-/// or within [`FLUSH_EVERY`] from the device's flush thread, which ends when the device is
+/// A file device's writer. A request that queues a line it waits for, finding no one
+/// writing, becomes the writer: it writes every queued line with one `write_all`, and goes on
+/// until it finds the queue empty (lines of concurrent requests go out together, and no thread
+/// hop sits on the path of a request on a quiet server). A request that finds a writer at work
+/// leaves its line to it and awaits the answer. A line nobody waits for yet (a read's request
+/// entry) is queued without a write: it goes out with the next line someone waits for, or
+/// within about [`FLUSH_EVERY`] from the device's flush thread, which ends when the device is
 /// dropped.
 ///
-/// The write is a blocking `write(2)` on a runtime worker: to the page cache it takes a few
-/// microseconds, less than a hop to another thread; a device on storage that can stall (a
-/// hung network mount) stalls requests, as with Vault's file device.
+/// The write is a blocking `write(2)` on a runtime worker: into the page cache it takes a few
+/// microseconds, less than a hop to another thread. On storage that stalls (a hung network
+/// mount) only the one writer per device blocks its worker; the others' requests wait at most
+/// [`WRITE_TIMEOUT`] and fail closed.
 struct FileSink {
     shared: Arc<Shared>,
 }
@@ -84,6 +86,8 @@ struct Shared {
 struct QueueState {
     lines: Vec<Pending>,
     stopped: bool,
+    /// Someone is writing the queue; only that writer touches the file.
+    writing: bool,
 }
 
 struct Pending {
@@ -91,8 +95,12 @@ struct Pending {
     written: tokio::sync::oneshot::Sender<Result<(), std::io::ErrorKind>>,
 }
 
-/// The longest a queued line nobody waits for stays unwritten.
+/// How often the flush thread writes the lines nobody waits for.
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How long a request waits for a device to answer for its line before it counts the device
+/// as failed (a stalled disk fails requests closed instead of holding them forever).
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The file: the open file and the reopen generation it was opened at.
 struct OpenFile {
@@ -107,11 +115,14 @@ struct OpenFile {
     reserved_to: u64,
 }
 
+/// The write buffer's capacity kept between batches.
+const KEPT_BUFFER_BYTES: usize = 256 * 1024;
+
 /// Blocks reserved ahead of the file's end (`fallocate` with `FALLOC_FL_KEEP_SIZE`; the size
-/// seen by readers and logrotate is unchanged). Appending a line of ~1 KiB to a block that is
-/// not yet allocated makes ext4 zero the rest of the block on every write: on this project's
-/// benchmark machine that was 3.6 ns per byte appended against 1.4 ns into reserved blocks,
-/// the largest single cost of auditing a read.
+/// seen by readers and logrotate is unchanged). Appending ~1 KiB lines to blocks not yet
+/// allocated cost ext4 on this project's benchmark machine (Linux 6.18) 3.6 ns per byte,
+/// mostly zeroing (`zero_user_segments`), against 1.4 ns into reserved blocks: it was the
+/// largest single cost of auditing a read.
 const RESERVE_AHEAD: u64 = 8 << 20;
 
 impl FileSink {
@@ -148,7 +159,7 @@ impl FileSink {
         Ok(FileSink { shared })
     }
 
-    /// Queues `line`; with `wake`, it is written before this returns.
+    /// Queues `line`; with `wake`, it is written now (by this call, or by the writer at work).
     fn submit(&self, line: Vec<u8>, wake: bool) -> Written {
         let (written, done) = tokio::sync::oneshot::channel();
         self.shared
@@ -165,20 +176,43 @@ impl FileSink {
 }
 
 impl Shared {
-    /// Writes what is queued (nothing, if the last holder of the file took this caller's line).
+    /// Writes what is queued until the queue is empty, unless someone is writing already.
+    ///
+    /// No line is left behind: a writer stops only when it finds the queue empty, and clears
+    /// `writing` under the same lock, so a line queued after that finds no writer and its
+    /// caller becomes one.
     fn write_queued(&self) {
-        let mut file = self.file.lock().expect("audit file poisoned");
-        let batch = std::mem::take(&mut self.queue.lock().expect("audit queue poisoned").lines);
-        if batch.is_empty() {
+        let mut state = self.queue.lock().expect("audit queue poisoned");
+        if state.writing {
             return;
         }
+        state.writing = true;
+        loop {
+            let batch = std::mem::take(&mut state.lines);
+            if batch.is_empty() {
+                state.writing = false;
+                return;
+            }
+            drop(state);
+            self.write_batch(batch);
+            state = self.queue.lock().expect("audit queue poisoned");
+        }
+    }
+
+    /// Only the writer calls this (the file's lock is never contended).
+    fn write_batch(&self, batch: Vec<Pending>) {
+        let mut file = self.file.lock().expect("audit file poisoned");
         let mut buffer = std::mem::take(&mut file.buffer);
         buffer.clear();
         for pending in &batch {
             buffer.extend_from_slice(&pending.line);
         }
         let result = file.write(&buffer).map_err(|e| e.kind());
+        // A batch of unusual size (large bodies) is not kept for the rest of the process.
+        buffer.clear();
+        buffer.shrink_to(KEPT_BUFFER_BYTES);
         file.buffer = buffer;
+        drop(file);
         for pending in batch {
             let _ = pending.written.send(result);
         }
@@ -224,9 +258,13 @@ impl Written {
     async fn result(self) -> std::io::Result<()> {
         match self {
             Written::Done(result) => result,
-            Written::Waiting(done) => match done.await {
-                Ok(result) => result.map_err(std::io::Error::from),
-                Err(_) => Err(std::io::Error::other("the audit writer has stopped")),
+            Written::Waiting(done) => match tokio::time::timeout(WRITE_TIMEOUT, done).await {
+                Ok(Ok(result)) => result.map_err(std::io::Error::from),
+                Ok(Err(_)) => Err(std::io::Error::other("the audit device was closed")),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the audit device did not write within 10 s",
+                )),
             },
         }
     }
@@ -243,6 +281,9 @@ impl OpenFile {
         }
         let file = self.file.as_mut().expect("opened above");
         if self.length + lines.len() as u64 > self.reserved_to {
+            // Once per reservation: the real end, in case another appender (or a
+            // copytruncate) moved it.
+            self.length = file.metadata().map_or(self.length, |m| m.len());
             self.reserved_to = reserve(file, self.length);
         }
         // Whole lines in one write: with O_APPEND, lines never interleave.
@@ -262,6 +303,7 @@ impl OpenFile {
 /// Reserves [`RESERVE_AHEAD`] bytes of blocks from `length` on; returns how far the file is
 /// now reserved. Best effort: where the file system cannot (or has no space left), lines are
 /// appended without it and the write itself reports a full disk.
+#[cfg(target_os = "linux")]
 fn reserve(file: &std::fs::File, length: u64) -> u64 {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (
@@ -279,6 +321,11 @@ fn reserve(file: &std::fs::File, length: u64) -> u64 {
         // Not supported, or no room: try again only after this much more is appended.
         length + RESERVE_AHEAD / 8
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reserve(_file: &std::fs::File, _length: u64) -> u64 {
+    u64::MAX
 }
 
 /// An enabled device, ready to write.
@@ -359,7 +406,7 @@ impl Device {
                         open.opened(file);
                     }
                     Sink::File(FileSink::start(open).map_err(|e| {
-                        Error::Internal(format!("cannot start the audit writer: {e}"))
+                        Error::Internal(format!("cannot start the audit flush thread: {e}"))
                     })?)
                 }
             }
@@ -582,7 +629,8 @@ mod tests {
             }));
         }
         for task in tasks {
-            tokio::time::timeout(std::time::Duration::from_secs(30), task)
+            // Well under what 500 rounds of the flush thread alone would take (25 s).
+            tokio::time::timeout(std::time::Duration::from_secs(10), task)
                 .await
                 .expect("every waiter hears of its line")
                 .unwrap();
