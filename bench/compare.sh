@@ -153,10 +153,10 @@ for workload in kv-read kv-write token-create k8s-login; do
     [ "$system" != ceiling ] || [ "$workload" = kv-read ] || continue
     result[$system-$workload]="$(run "$system" "${pid[$system]}" "${addr[$system]}" "${token[$system]}" "$workload")"
   done
+  ceiling_rps="$(cut -d'|' -f1 <<<"${result[ceiling-kv-read]}" | cut -d' ' -f1)"
   for system in $systems; do
     [ -n "${result[$system-$workload]:-}" ] || continue
     IFS='|' read -r rps p50 p99 cpu <<<"${result[$system-$workload]}"
-    ceiling_rps="$(cut -d'|' -f1 <<<"${result[ceiling-kv-read]}" | cut -d' ' -f1)"
     python3 -c 'import sys; w, s, r, c, p50, p99, cpu = sys.argv[1:]
 print(f"| {w} | {s} | {r} | {100 * float(r.split()[0]) / float(c):.0f}% | {p50} | {p99} | {float(cpu) * 100:.0f} |")' \
       "$workload" "$system" "$rps" "$ceiling_rps" "$p50" "$p99" "$cpu"

@@ -202,8 +202,8 @@ impl Shared {
     /// Only the writer calls this (the file's lock is never contended).
     fn write_batch(&self, batch: Vec<Pending>) {
         let mut file = self.file.lock().expect("audit file poisoned");
+        // Kept empty between batches.
         let mut buffer = std::mem::take(&mut file.buffer);
-        buffer.clear();
         for pending in &batch {
             buffer.extend_from_slice(&pending.line);
         }
@@ -263,7 +263,10 @@ impl Written {
                 Ok(Err(_)) => Err(std::io::Error::other("the audit device was closed")),
                 Err(_) => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    "the audit device did not write within 10 s",
+                    format!(
+                        "the audit device did not write within {} s",
+                        WRITE_TIMEOUT.as_secs()
+                    ),
                 )),
             },
         }
@@ -271,13 +274,28 @@ impl Written {
 }
 
 impl OpenFile {
+    /// `file` already open, or `None` to open it at the first write. Nothing is reserved yet,
+    /// so the first write reads the file's real length.
+    fn new(path: PathBuf, mode: u32, file: Option<std::fs::File>) -> OpenFile {
+        OpenFile {
+            path,
+            mode,
+            file,
+            generation: REOPEN_GENERATION.load(Ordering::Relaxed),
+            buffer: Vec::new(),
+            length: 0,
+            reserved_to: 0,
+        }
+    }
+
     fn write(&mut self, lines: &[u8]) -> std::io::Result<()> {
         let generation = REOPEN_GENERATION.load(Ordering::Relaxed);
         if self.file.is_none() || self.generation != generation {
             // A failed reopen leaves no file: the next write tries again.
             self.file = None;
             self.generation = generation;
-            self.opened(FileSink::open(&self.path, self.mode)?);
+            self.file = Some(FileSink::open(&self.path, self.mode)?);
+            self.reserved_to = 0;
         }
         let file = self.file.as_mut().expect("opened above");
         if self.length + lines.len() as u64 > self.reserved_to {
@@ -290,13 +308,6 @@ impl OpenFile {
         file.write_all(lines)?;
         self.length += lines.len() as u64;
         Ok(())
-    }
-
-    fn opened(&mut self, file: std::fs::File) {
-        // Only where to reserve from: a wrong guess costs speed, not lines.
-        self.length = file.metadata().map_or(0, |m| m.len());
-        self.reserved_to = 0;
-        self.file = Some(file);
     }
 }
 
@@ -393,21 +404,11 @@ impl Device {
                             None
                         }
                     };
-                    let mut open = OpenFile {
-                        path,
-                        mode,
-                        file: None,
-                        generation: REOPEN_GENERATION.load(Ordering::Relaxed),
-                        buffer: Vec::new(),
-                        length: 0,
-                        reserved_to: 0,
-                    };
-                    if let Some(file) = file {
-                        open.opened(file);
-                    }
-                    Sink::File(FileSink::start(open).map_err(|e| {
-                        Error::Internal(format!("cannot start the audit flush thread: {e}"))
-                    })?)
+                    Sink::File(
+                        FileSink::start(OpenFile::new(path, mode, file)).map_err(|e| {
+                            Error::Internal(format!("cannot start the audit flush thread: {e}"))
+                        })?,
+                    )
                 }
             }
             other => {
@@ -597,16 +598,7 @@ mod tests {
     use super::*;
 
     fn sink(path: &std::path::Path) -> FileSink {
-        FileSink::start(OpenFile {
-            path: path.to_owned(),
-            mode: 0o600,
-            file: None,
-            generation: REOPEN_GENERATION.load(Ordering::Relaxed),
-            buffer: Vec::new(),
-            length: 0,
-            reserved_to: 0,
-        })
-        .unwrap()
+        FileSink::start(OpenFile::new(path.to_owned(), 0o600, None)).unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
