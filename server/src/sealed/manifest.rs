@@ -287,6 +287,7 @@ pub fn sites(text: &str) -> Result<Vec<Site>, String> {
             let name = entry
                 .get("name")
                 .and_then(Node::text)
+                .filter(|name| !name.is_empty())
                 .ok_or_else(|| format!("line {line}: the env entry has no name"))?;
             let span = lines.scalar_span(text, value, *style, mark)?;
             claimed.insert(span.start);
@@ -629,6 +630,19 @@ spec:
                     .collect();
                 let _ = sites(&rewrite(&text, &spans));
             }
+        }
+    }
+
+    #[test]
+    fn an_env_entry_with_an_empty_name_is_refused() {
+        // Found by the sealed_manifest fuzzer: `{name,: A}` is a key `name` with no value.
+        for entry in [
+            "{name,: A, value: kinko:plain:x}",
+            "{name: '', value: kinko:plain:x}",
+        ] {
+            let text = format!("kind: Pod\nmetadata: {{name: p}}\nspec:\n  containers: [{{name: c, env: [{entry}]}}]\n");
+            let error = sites(&text).unwrap_err();
+            assert!(error.contains("has no name"), "{error}");
         }
     }
 
