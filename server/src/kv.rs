@@ -285,9 +285,11 @@ impl<'a> Kv<'a> {
                 crate::error::describe_json_error(&e)
             ))
         })?;
-        Ok(ReadOutcome::Found(
-            json!({ "data": data, "metadata": metadata }),
-        ))
+        // Moved into the answer, not copied through `json!`'s serialiser.
+        Ok(ReadOutcome::Found(Value::Object(Map::from_iter([
+            ("data".to_owned(), data),
+            ("metadata".to_owned(), metadata),
+        ]))))
     }
 
     /// Reads, changes and conditionally rewrites a key's metadata, retrying when another writer

@@ -105,7 +105,9 @@ impl Found {
 }
 
 pub struct TokenStore {
-    key: Key256,
+    /// HMAC-SHA256 keyed once with the token key (zeroized on drop); each hash clones it
+    /// instead of deriving the padded key blocks again.
+    keyed: Hmac<Sha256>,
     /// Entries of unlimited-use tokens with their versions, by hash (see `cache` for the
     /// staleness bound).
     entries: TtlCache<String, (TokenEntry, u64)>,
@@ -125,7 +127,7 @@ fn random_string(bytes: usize) -> String {
 impl TokenStore {
     pub fn new(key: Key256) -> Self {
         TokenStore {
-            key,
+            keyed: Hmac::<Sha256>::new_from_slice(key.expose()).expect("HMAC takes any key length"),
             entries: TtlCache::default(),
             use_locks: (0..USE_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
@@ -136,8 +138,7 @@ impl TokenStore {
     /// The storage name of a token. Lookups go through this hash, so no stored value is ever
     /// compared with the presented token byte by byte.
     pub fn hash(&self, token: &str) -> String {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(self.key.expose()).expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         mac.update(token.as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }

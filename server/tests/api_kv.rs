@@ -32,6 +32,12 @@ async fn write_then_read_returns_data_and_version_metadata() {
     }
     let read = s.get("/v1/secret/data/app/db", ROOT).await;
     assert_eq!(read.status, StatusCode::OK);
+    let ids = [&written, &read].map(|r| {
+        let id = uuid::Uuid::parse_str(r.body["request_id"].as_str().unwrap()).unwrap();
+        assert_eq!(id.get_version(), Some(uuid::Version::Random));
+        id
+    });
+    assert_ne!(ids[0], ids[1], "a request id per request");
     assert_eq!(
         read.body["data"]["data"],
         json!({ "password": "pw1", "user": "app" })

@@ -553,14 +553,22 @@ pub struct Recording {
     writes: Vec<(Arc<Device>, Written)>,
 }
 
-/// Hands one entry (built per device: each has its own salt) to every device. With `wake`,
-/// the writers write it now; without, it goes out with the next entry someone waits for (a
-/// read's request entry, confirmed together with its response entry).
-pub fn submit(devices: &[Arc<Device>], build: impl Fn(&Salt) -> Vec<u8>, wake: bool) -> Recording {
+/// Hands one entry (built per device, from its index in `devices` and its salt) to every
+/// device. With `wake`, the writers write it now; without, it goes out with the next entry
+/// someone waits for (a read's request entry, confirmed together with its response entry).
+pub fn submit(
+    devices: &[Arc<Device>],
+    build: impl Fn(usize, &Salt) -> Vec<u8>,
+    wake: bool,
+) -> Recording {
     Recording {
         writes: devices
             .iter()
-            .map(|device| (device.clone(), device.submit(build(&device.salt), wake)))
+            .enumerate()
+            .map(|(index, device)| {
+                let line = build(index, &device.salt);
+                (device.clone(), device.submit(line, wake))
+            })
             .collect(),
     }
 }

@@ -149,7 +149,7 @@ impl Serialize for HashedAuth<'_> {
 #[derive(Clone, Copy)]
 struct MaybeHash(Option<HashText>);
 
-/// The presented token's and its accessor's hashes, made once per entry (both the `auth` and
+/// The presented token's and its accessor's hashes, made once per request (both the `auth` and
 /// the `request` block carry them).
 #[derive(Clone, Copy)]
 struct TokenHashes {
@@ -301,42 +301,72 @@ struct ResponseBlock<'a> {
     auth: Option<HashedAuth<'a>>,
 }
 
-#[derive(Serialize)]
-struct Entry<'a> {
-    time: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    auth: Auth<'a>,
-    request: RequestBlock<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response: Option<ResponseBlock<'a>>,
-    error: &'a str,
+/// The `auth` and `request` blocks of one request's entries, hashed under one device's salt
+/// and serialised once: the request entry and the response entry carry them unchanged, as
+/// Vault writes them.
+pub struct Blocks(Vec<u8>);
+
+impl Blocks {
+    pub fn new(salt: &Salt, record: &RequestRecord<'_>) -> Blocks {
+        #[derive(Serialize)]
+        struct Both<'a> {
+            auth: Auth<'a>,
+            request: RequestBlock<'a>,
+        }
+        let hashes = TokenHashes::new(salt, record);
+        let both = Both {
+            auth: Auth::new(hashes, record),
+            request: RequestBlock::new(salt, hashes, record),
+        };
+        let mut object = Vec::with_capacity(768);
+        serde_json::to_writer(&mut object, &both)
+            .expect("in-memory JSON serialisation cannot fail");
+        Blocks(object)
+    }
+
+    /// `"auth":{…},"request":{…}`: the object without its braces.
+    fn fields(&self) -> &[u8] {
+        &self.0[1..self.0.len() - 1]
+    }
 }
 
-fn line(entry: &Entry<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1024);
-    serde_json::to_writer(&mut out, entry).expect("in-memory JSON serialisation cannot fail");
-    out.push(b'\n');
+/// One entry: `{"time","type","auth","request"[,"response"],"error"}` and a newline, in
+/// Vault's field order.
+fn line(
+    time: &str,
+    kind: &str,
+    blocks: &Blocks,
+    response: Option<&ResponseBlock<'_>>,
+    error: &str,
+) -> Vec<u8> {
+    let json = "in-memory JSON serialisation cannot fail";
+    let mut out = Vec::with_capacity(blocks.0.len() + 256);
+    out.extend_from_slice(b"{\"time\":");
+    serde_json::to_writer(&mut out, time).expect(json);
+    out.extend_from_slice(b",\"type\":");
+    serde_json::to_writer(&mut out, kind).expect(json);
+    out.push(b',');
+    out.extend_from_slice(blocks.fields());
+    if let Some(response) = response {
+        out.extend_from_slice(b",\"response\":");
+        serde_json::to_writer(&mut out, response).expect(json);
+    }
+    out.extend_from_slice(b",\"error\":");
+    serde_json::to_writer(&mut out, error).expect(json);
+    out.extend_from_slice(b"}\n");
     out
 }
 
 /// The line (JSON and a newline) written before a request is served.
-pub fn request_entry(salt: &Salt, record: &RequestRecord<'_>, time: &str, error: &str) -> Vec<u8> {
-    let hashes = TokenHashes::new(salt, record);
-    line(&Entry {
-        time,
-        kind: "request",
-        auth: Auth::new(hashes, record),
-        request: RequestBlock::new(salt, hashes, record),
-        response: None,
-        error,
-    })
+pub fn request_entry(blocks: &Blocks, time: &str, error: &str) -> Vec<u8> {
+    line(time, "request", blocks, None, error)
 }
 
-/// The line written before a response is sent.
+/// The line written before a response is sent; `blocks` are the request entry's.
 pub fn response_entry(
     salt: &Salt,
-    record: &RequestRecord<'_>,
+    blocks: &Blocks,
+    mount_type: &'static str,
     response: &ResponseRecord<'_>,
     time: &str,
 ) -> Vec<u8> {
@@ -352,26 +382,19 @@ pub fn response_entry(
                 .join("; ")
         })
         .unwrap_or_default();
-    let hashes = TokenHashes::new(salt, record);
-    line(&Entry {
-        time,
-        kind: "response",
-        auth: Auth::new(hashes, record),
-        request: RequestBlock::new(salt, hashes, record),
-        response: Some(ResponseBlock {
-            mount_type: record.mount_type,
-            status: response.status,
-            data: body
-                .and_then(|b| b.get("data"))
-                .filter(|v| !v.is_null())
-                .map(|value| Hashed { salt, value }),
-            auth: body
-                .and_then(|b| b.get("auth"))
-                .and_then(Value::as_object)
-                .map(|fields| HashedAuth { salt, fields }),
-        }),
-        error: &errors,
-    })
+    let response = ResponseBlock {
+        mount_type,
+        status: response.status,
+        data: body
+            .and_then(|b| b.get("data"))
+            .filter(|v| !v.is_null())
+            .map(|value| Hashed { salt, value }),
+        auth: body
+            .and_then(|b| b.get("auth"))
+            .and_then(Value::as_object)
+            .map(|fields| HashedAuth { salt, fields }),
+    };
+    line(time, "response", blocks, Some(&response), &errors)
 }
 
 #[cfg(test)]
@@ -424,7 +447,10 @@ mod tests {
             assert_eq!(line.last(), Some(&b'\n'));
             serde_json::from_slice(&line).unwrap()
         };
-        let request = parse(request_entry(&s, &record, "2026-12-02T00:00:00Z", ""));
+        let blocks = Blocks::new(&s, &record);
+        let request = parse(request_entry(&blocks, "2026-12-02T00:00:00Z", ""));
+        let keys: Vec<_> = request.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["auth", "error", "request", "time", "type"]);
         assert_eq!(request["type"], "request");
         assert_eq!(request["request"]["operation"], "update");
         assert_eq!(request["request"]["remote_address"], "127.0.0.1");
@@ -435,7 +461,8 @@ mod tests {
         let sent = json!({ "data": { "password": "pw-in-response" }, "auth": { "client_token": "kks.new" } });
         let response = parse(response_entry(
             &s,
-            &record,
+            &blocks,
+            record.mount_type,
             &ResponseRecord {
                 status: 200,
                 body: Some(&sent),
@@ -443,6 +470,9 @@ mod tests {
             "2026-12-02T00:00:00Z",
         ));
         assert_eq!(response["response"]["status"], 200);
+        assert_eq!(response["auth"], request["auth"]);
+        assert_eq!(response["request"], request["request"]);
+        assert_eq!(response["type"], "response");
         assert_eq!(
             response["response"]["auth"]["client_token"],
             json!(s.hash("kks.new"))
@@ -454,7 +484,8 @@ mod tests {
         let refused = json!({ "errors": ["permission denied"] });
         let denied = parse(response_entry(
             &s,
-            &record,
+            &blocks,
+            record.mount_type,
             &ResponseRecord {
                 status: 403,
                 body: Some(&refused),

@@ -116,11 +116,22 @@ pub enum Reply {
 }
 
 async fn entry(State(app): State<App>, request: Request) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = request_id();
     // At error level so that it is never filtered out while anything inside it logs: every
     // line of a request carries its id.
     let span = tracing::error_span!("request", id = %request_id);
     tracing::Instrument::instrument(serve_request(app, request, request_id), span).await
+}
+
+/// A UUID v4 from the thread's CSPRNG (`rand::thread_rng`, seeded from the OS): request ids
+/// are not secrets, and `Uuid::new_v4` would cost a `getrandom` system call per request.
+fn request_id() -> String {
+    let mut id = uuid::Uuid::encode_buffer();
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(&mut id)
+        .to_owned()
 }
 
 async fn serve_request(app: App, request: Request, request_id: String) -> Response {
@@ -202,6 +213,10 @@ struct Audited {
     path: String,
     token: Option<String>,
     remote: Option<std::net::SocketAddr>,
+    /// Per device, the `auth` and `request` blocks both entries carry: built by the first
+    /// entry, from the same record the second would build (the request, token and id do not
+    /// change while it is served).
+    blocks: std::sync::OnceLock<Vec<crate::audit::Blocks>>,
 }
 
 impl Audited {
@@ -227,6 +242,17 @@ impl Audited {
                 .extensions()
                 .get::<kinko_tls::PeerAddr>()
                 .map(|peer| peer.0),
+            blocks: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn blocks(&self, req: Option<&Req>, id: &str) -> &[crate::audit::Blocks] {
+        self.blocks.get_or_init(|| {
+            let record = self.record(req, id);
+            self.devices
+                .iter()
+                .map(|device| crate::audit::Blocks::new(&device.salt, &record))
+                .collect()
         })
     }
 
@@ -266,11 +292,11 @@ impl Audited {
         error: &str,
         wake: bool,
     ) -> crate::audit::device::Recording {
-        let record = self.record(req, id);
+        let blocks = self.blocks(req, id);
         let time = crate::clock::rfc3339(crate::clock::now());
         crate::audit::device::submit(
             &self.devices,
-            |salt| crate::audit::request_entry(salt, &record, &time, error),
+            |index, _| crate::audit::request_entry(&blocks[index], &time, error),
             wake,
         )
     }
@@ -284,7 +310,8 @@ impl Audited {
         rendered: Rendered,
         pending: Option<crate::audit::device::Recording>,
     ) -> Rendered {
-        let record = self.record(req, id);
+        let blocks = self.blocks(req, id);
+        let mount_type = self.record(req, id).mount_type;
         let time = crate::clock::rfc3339(crate::clock::now());
         let response = crate::audit::ResponseRecord {
             status: rendered.status.as_u16(),
@@ -292,7 +319,9 @@ impl Audited {
         };
         let entry = crate::audit::device::submit(
             &self.devices,
-            |salt| crate::audit::response_entry(salt, &record, &response, &time),
+            |index, salt| {
+                crate::audit::response_entry(salt, &blocks[index], mount_type, &response, &time)
+            },
             true,
         );
         let request_recorded = match pending {
@@ -629,18 +658,20 @@ impl Rendered {
     }
 }
 
+/// Vault's response body around `data` and `auth`. Built field by field: `json!` would copy
+/// `data` and `auth` through its serialiser instead of moving them.
 fn envelope(request_id: &str, mount_type: &str, data: Value, auth: Value) -> Value {
-    json!({
-        "request_id": request_id,
-        "lease_id": "",
-        "renewable": false,
-        "lease_duration": 0,
-        "data": data,
-        "wrap_info": null,
-        "warnings": null,
-        "auth": auth,
-        "mount_type": mount_type,
-    })
+    Value::Object(serde_json::Map::from_iter([
+        ("request_id".to_owned(), Value::from(request_id)),
+        ("lease_id".to_owned(), Value::from("")),
+        ("renewable".to_owned(), Value::Bool(false)),
+        ("lease_duration".to_owned(), Value::from(0)),
+        ("data".to_owned(), data),
+        ("wrap_info".to_owned(), Value::Null),
+        ("warnings".to_owned(), Value::Null),
+        ("auth".to_owned(), auth),
+        ("mount_type".to_owned(), Value::from(mount_type)),
+    ]))
 }
 
 /// The one place where outcomes become HTTP responses.
