@@ -5,7 +5,8 @@
 //! only that transaction), commits once with `synchronous=FULL`, and then answers each caller.
 //! Concurrent writers so share one fsync instead of queueing for one each, and no write is
 //! acknowledged before it is durable. Reads use a small pool of their own connections, so
-//! readers never wait on the writer (WAL) or on each other.
+//! readers never wait on the writer (WAL) or on each other. A thread checkpoints the WAL once a
+//! second without blocking anyone, and the writer truncates it past its size limit.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,9 +19,14 @@ use super::{
 };
 
 const READERS: usize = 4;
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most transactions one group commit takes.
 const MAX_GROUP: usize = 256;
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// The WAL's size past which the writer checkpoints all of it and truncates it. Under a steady
+/// load some reader is always on the WAL, so SQLite never starts it over by itself and it grows
+/// without bound (8.5 GB during bench/scale.sh's fill, before this limit).
+const WAL_LIMIT_BYTES: u64 = 64 << 20;
 
 struct WriteRequest {
     ops: Vec<Op>,
@@ -41,15 +47,17 @@ fn unavailable(error: impl std::fmt::Display) -> StorageError {
 
 fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StorageError> {
     let connection = Connection::open_with_flags(path, flags).map_err(unavailable)?;
-    connection
-        .busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(unavailable)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
     Ok(connection)
 }
 
 impl SqliteStorage {
     /// Opens (creating if needed, mode 0600) the database file.
     pub fn open(path: &Path) -> Result<SqliteStorage, StorageError> {
+        SqliteStorage::open_with_wal_limit(path, WAL_LIMIT_BYTES)
+    }
+
+    fn open_with_wal_limit(path: &Path, wal_limit: u64) -> Result<SqliteStorage, StorageError> {
         // Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the
         // database file's mode, so they are private from their first byte too.
         create_private_file(path)?;
@@ -81,7 +89,10 @@ impl SqliteStorage {
         let (writes, queue) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("kinko-sqlite-writer".into())
-            .spawn(move || write_loop(writer, queue))
+            .spawn({
+                let wal = WalFile::new(path, wal_limit);
+                move || write_loop(writer, queue, wal)
+            })
             .map_err(unavailable)?;
         let checkpointer = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
@@ -218,8 +229,61 @@ fn checkpoint_loop(connection: Connection, stop: std::sync::mpsc::Receiver<()>) 
     }
 }
 
+/// The database's `-wal` file and the size it may not stay past.
+struct WalFile {
+    path: PathBuf,
+    limit: u64,
+}
+
+impl WalFile {
+    fn new(database: &Path, limit: u64) -> WalFile {
+        let mut path = database.as_os_str().to_owned();
+        path.push("-wal");
+        WalFile {
+            path: path.into(),
+            limit,
+        }
+    }
+
+    /// Past its limit, copies every frame into the database and truncates the WAL once no
+    /// reader is still on it (new readers read the database file once it holds every frame).
+    /// Up to twice the limit it does not wait for readers, so writes are not held up behind a
+    /// long LIST, and a busy WAL is tried again after the next commit; past that, readers that
+    /// overlap without a pause could keep it busy for ever, so it waits for them (and the
+    /// writes wait with it). The checkpoint thread has copied all but the last second's frames
+    /// already, so the copy itself is short.
+    fn truncate_if_too_large(&self, connection: &Connection) {
+        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        if size <= self.limit {
+            return;
+        }
+        let wait = if size > 2 * self.limit {
+            BUSY_TIMEOUT
+        } else {
+            std::time::Duration::ZERO
+        };
+        let truncated = connection.busy_timeout(wait).and_then(|()| {
+            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            })
+        });
+        if let Err(error) = connection.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(%error, "sqlite busy timeout not restored");
+        }
+        match truncated {
+            Ok(0) => tracing::debug!(size, "sqlite WAL checkpointed and truncated"),
+            Ok(_) => tracing::debug!(size, "sqlite WAL past its limit: a reader is still on it"),
+            Err(error) => tracing::warn!(%error, size, "sqlite WAL truncation failed"),
+        }
+    }
+}
+
 /// Runs until every `SqliteStorage` handle is dropped.
-fn write_loop(mut connection: Connection, queue: std::sync::mpsc::Receiver<WriteRequest>) {
+fn write_loop(
+    mut connection: Connection,
+    queue: std::sync::mpsc::Receiver<WriteRequest>,
+    wal: WalFile,
+) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -232,6 +296,7 @@ fn write_loop(mut connection: Connection, queue: std::sync::mpsc::Receiver<Write
         for (request, result) in group.into_iter().zip(results) {
             let _ = request.done.send(result);
         }
+        wal.truncate_if_too_large(&connection);
     }
 }
 
@@ -401,5 +466,75 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Under a steady load some reader is always on the WAL, so SQLite never starts it over by
+    /// itself: before the writer truncated it past its limit, it grew to 8.5 GB during
+    /// bench/scale.sh's fill (and to 7 MB here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_stays_bounded_while_reads_never_stop() {
+        const LIMIT: u64 = 256 << 10;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kinko.db");
+        let storage = Arc::new(SqliteStorage::open_with_wal_limit(&path, LIMIT).unwrap());
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        for i in 0..20 {
+            let key = format!("folder/{i}");
+            storage
+                .put(&key, vec![1; 64], Precondition::None)
+                .await
+                .unwrap();
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Point reads without a pause, and LISTs that overlap them.
+        let readers: Vec<_> = (0..3)
+            .map(|reader| {
+                let (storage, stop) = (storage.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut reads = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if reader == 0 {
+                            assert_eq!(storage.list("folder/").await.unwrap().len(), 20);
+                        } else {
+                            storage.get("k/1").await.unwrap();
+                        }
+                        reads += 1;
+                        tokio::task::yield_now().await;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        let mut largest = 0;
+        for round in 0..60 {
+            let writes: Vec<_> = (0..16)
+                .map(|i| {
+                    let storage = storage.clone();
+                    tokio::spawn(async move {
+                        let key = format!("k/{}", round * 16 + i);
+                        storage.put(&key, vec![7; 2048], Precondition::None).await
+                    })
+                })
+                .collect();
+            for write in writes {
+                write.await.unwrap().unwrap();
+            }
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for reader in readers {
+            assert!(reader.await.unwrap() > 0, "the readers ran");
+        }
+        // One group's frames may land past twice the limit before the writer waits it out.
+        let one_group = 16 * 2 * 4120;
+        assert!(
+            largest <= 2 * LIMIT + one_group,
+            "the WAL reached {largest} bytes, past its limit of {LIMIT}"
+        );
+        assert_eq!(
+            storage.list("k/").await.unwrap().len(),
+            960,
+            "no write lost"
+        );
     }
 }
