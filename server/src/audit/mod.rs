@@ -304,7 +304,11 @@ struct ResponseBlock<'a> {
 /// The `auth` and `request` blocks of one request's entries, hashed under one device's salt
 /// and serialised once: the request entry and the response entry carry them unchanged, as
 /// Vault writes them.
-pub struct Blocks(Vec<u8>);
+pub struct Blocks {
+    json: Vec<u8>,
+    /// The response block's `mount_type`, the request block's.
+    mount_type: &'static str,
+}
 
 impl Blocks {
     pub fn new(salt: &Salt, record: &RequestRecord<'_>) -> Blocks {
@@ -321,12 +325,15 @@ impl Blocks {
         let mut object = Vec::with_capacity(768);
         serde_json::to_writer(&mut object, &both)
             .expect("in-memory JSON serialisation cannot fail");
-        Blocks(object)
+        Blocks {
+            json: object,
+            mount_type: record.mount_type,
+        }
     }
 
     /// `"auth":{…},"request":{…}`: the object without its braces.
     fn fields(&self) -> &[u8] {
-        &self.0[1..self.0.len() - 1]
+        &self.json[1..self.json.len() - 1]
     }
 }
 
@@ -340,7 +347,7 @@ fn line(
     error: &str,
 ) -> Vec<u8> {
     let json = "in-memory JSON serialisation cannot fail";
-    let mut out = Vec::with_capacity(blocks.0.len() + 256);
+    let mut out = Vec::with_capacity(blocks.json.len() + 256);
     out.extend_from_slice(b"{\"time\":");
     serde_json::to_writer(&mut out, time).expect(json);
     out.extend_from_slice(b",\"type\":");
@@ -366,7 +373,6 @@ pub fn request_entry(blocks: &Blocks, time: &str, error: &str) -> Vec<u8> {
 pub fn response_entry(
     salt: &Salt,
     blocks: &Blocks,
-    mount_type: &'static str,
     response: &ResponseRecord<'_>,
     time: &str,
 ) -> Vec<u8> {
@@ -383,7 +389,7 @@ pub fn response_entry(
         })
         .unwrap_or_default();
     let response = ResponseBlock {
-        mount_type,
+        mount_type: blocks.mount_type,
         status: response.status,
         data: body
             .and_then(|b| b.get("data"))
@@ -462,7 +468,6 @@ mod tests {
         let response = parse(response_entry(
             &s,
             &blocks,
-            record.mount_type,
             &ResponseRecord {
                 status: 200,
                 body: Some(&sent),
@@ -470,6 +475,7 @@ mod tests {
             "2026-12-02T00:00:00Z",
         ));
         assert_eq!(response["response"]["status"], 200);
+        assert_eq!(response["response"]["mount_type"], "kv");
         assert_eq!(response["auth"], request["auth"]);
         assert_eq!(response["request"], request["request"]);
         assert_eq!(response["type"], "response");
@@ -485,7 +491,6 @@ mod tests {
         let denied = parse(response_entry(
             &s,
             &blocks,
-            record.mount_type,
             &ResponseRecord {
                 status: 403,
                 body: Some(&refused),

@@ -311,7 +311,6 @@ impl Audited {
         pending: Option<crate::audit::device::Recording>,
     ) -> Rendered {
         let blocks = self.blocks(req, id);
-        let mount_type = self.record(req, id).mount_type;
         let time = crate::clock::rfc3339(crate::clock::now());
         let response = crate::audit::ResponseRecord {
             status: rendered.status.as_u16(),
@@ -319,9 +318,7 @@ impl Audited {
         };
         let entry = crate::audit::device::submit(
             &self.devices,
-            |index, salt| {
-                crate::audit::response_entry(salt, &blocks[index], mount_type, &response, &time)
-            },
+            |index, salt| crate::audit::response_entry(salt, &blocks[index], &response, &time),
             true,
         );
         let request_recorded = match pending {

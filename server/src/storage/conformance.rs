@@ -237,6 +237,17 @@ async fn listing(s: &dyn Storage, p: &str) {
     );
     assert_eq!(s.list(&format!("{p}fold")).await.unwrap(), vec!["er/"]);
     assert!(s.list(&format!("{p}nothing/")).await.unwrap().is_empty());
+    // '.' sorts before '/' and '0' after it: a sub-folder sits between its neighbours.
+    for key in ["x.y", "x/1", "x/2/3", "x/4", "x0", "y", "z//w"] {
+        s.put(&format!("{p}edge/{key}"), b"v".to_vec(), Precondition::None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.list(&format!("{p}edge/")).await.unwrap(),
+        vec!["x.y", "x/", "x0", "y", "z/"]
+    );
+    assert_eq!(s.list(&format!("{p}edge/z/")).await.unwrap(), vec!["/"]);
     let many = format!("{p}many/");
     for i in 0..150 {
         s.put(&format!("{many}k{i:03}"), b"v".to_vec(), Precondition::None)

@@ -169,26 +169,3 @@ pub fn validate_transaction(ops: &[Op]) -> Result<(), StorageError> {
     }
     Ok(())
 }
-
-/// Folds full keys below `prefix` into sorted, de-duplicated immediate children.
-pub fn immediate_children<'a>(
-    prefix: &str,
-    keys: impl IntoIterator<Item = &'a str>,
-) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for key in keys {
-        let Some(rest) = key.strip_prefix(prefix) else {
-            continue;
-        };
-        let child = match rest.find('/') {
-            Some(at) => &rest[..=at],
-            None => rest,
-        };
-        if !child.is_empty() && out.last().map(String::as_str) != Some(child) {
-            out.push(child.to_owned());
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
-}

@@ -14,9 +14,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use super::{
-    immediate_children, validate_transaction, Entry, Op, Precondition, Storage, StorageError,
-};
+use super::{validate_transaction, Entry, Op, Precondition, Storage, StorageError};
 
 const READERS: usize = 4;
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -186,19 +184,45 @@ impl Storage for SqliteStorage {
         .await
     }
 
+    /// Reads the folder's own keys and one key of each sub-folder: past a sub-folder's first
+    /// key the scan seeks beyond the sub-folder, so what lies deeper is never read, and each
+    /// child is held once.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let prefix = prefix.to_owned();
         self.read(move |c| {
             let mut statement = c
                 .prepare_cached("SELECT key FROM items WHERE key >= ?1 AND key < ?2 ORDER BY key")
                 .map_err(unavailable)?;
-            let keys = statement
-                .query_map(params![prefix, prefix_end(&prefix)], |row| {
-                    row.get::<_, String>(0)
-                })
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(unavailable)?;
-            Ok(immediate_children(&prefix, keys.iter().map(String::as_str)))
+            let end = prefix_end(&prefix);
+            let mut children = Vec::new();
+            let mut from = prefix.clone();
+            loop {
+                let mut past_folder = None;
+                let mut rows = statement.query(params![from, end]).map_err(unavailable)?;
+                while let Some(row) = rows.next().map_err(unavailable)? {
+                    let key = row
+                        .get_ref(0)
+                        .and_then(|value| value.as_str().map_err(Into::into))
+                        .map_err(unavailable)?;
+                    let Some(rest) = key.strip_prefix(prefix.as_str()) else {
+                        continue;
+                    };
+                    if let Some(slash) = rest.find('/') {
+                        children.push(rest[..=slash].to_owned());
+                        // Every key below `name/` sorts before `name0` ('0' follows '/').
+                        past_folder = Some(format!("{prefix}{}0", &rest[..slash]));
+                        break;
+                    }
+                    if !rest.is_empty() {
+                        children.push(rest.to_owned());
+                    }
+                }
+                drop(rows);
+                match past_folder {
+                    Some(next) => from = next,
+                    None => return Ok(children),
+                }
+            }
         })
         .await
     }
