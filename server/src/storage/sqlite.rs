@@ -501,7 +501,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kinko.db");
         let storage = Arc::new(SqliteStorage::open_with_wal_limit(&path, LIMIT).unwrap());
-        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let wal = WalFile::new(&path, LIMIT).path;
         for i in 0..20 {
             let key = format!("folder/{i}");
             storage
