@@ -84,16 +84,38 @@ struct Shared {
 
 #[derive(Default)]
 struct QueueState {
-    lines: Vec<Pending>,
+    /// The queued lines, end to end.
+    lines: Vec<u8>,
+    /// One per queued line: told how its write went.
+    waiters: Vec<Waiter>,
     stopped: bool,
     /// Someone is writing the queue; only that writer touches the file.
     writing: bool,
 }
 
-struct Pending {
-    line: Vec<u8>,
-    written: tokio::sync::oneshot::Sender<Result<(), std::io::ErrorKind>>,
+type Waiter = tokio::sync::oneshot::Sender<Result<(), std::io::ErrorKind>>;
+
+thread_local! {
+    /// Where a line is built before it is copied into a device's queue, reused so that building
+    /// allocates nothing: a line is over a KiB, and each allocation that size had glibc
+    /// consolidate its small-block bins (`malloc_consolidate`, seen in perf).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
+
+/// Builds a line in this thread's scratch buffer and hands it to `take`.
+fn with_line<T>(build: impl FnOnce(&mut Vec<u8>), take: impl FnOnce(&[u8]) -> T) -> T {
+    SCRATCH.with_borrow_mut(|line| {
+        line.clear();
+        build(line);
+        let taken = take(line);
+        // A line of unusual size (a large body) is not kept for the rest of the thread.
+        line.clear();
+        line.shrink_to(KEPT_SCRATCH_BYTES);
+        taken
+    })
+}
+
+const KEPT_SCRATCH_BYTES: usize = 16 * 1024;
 
 /// How often the flush thread writes the lines nobody waits for.
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
@@ -108,8 +130,10 @@ struct OpenFile {
     mode: u32,
     file: Option<std::fs::File>,
     generation: u64,
-    /// Reused between writes.
+    /// The queue's spare buffers, swapped with its own at each batch (kept empty between
+    /// batches), so that queueing and writing allocate nothing.
     buffer: Vec<u8>,
+    waiters: Vec<Waiter>,
     /// The file's length as this writer knows it, and how far blocks are reserved past it.
     length: u64,
     reserved_to: u64,
@@ -159,15 +183,15 @@ impl FileSink {
         Ok(FileSink { shared })
     }
 
-    /// Queues `line`; with `wake`, it is written now (by this call, or by the writer at work).
-    fn submit(&self, line: Vec<u8>, wake: bool) -> Written {
+    /// Queues the line `build` writes; with `wake`, it is written now (by this call, or by the
+    /// writer at work).
+    fn submit(&self, build: impl FnOnce(&mut Vec<u8>), wake: bool) -> Written {
         let (written, done) = tokio::sync::oneshot::channel();
-        self.shared
-            .queue
-            .lock()
-            .expect("audit queue poisoned")
-            .lines
-            .push(Pending { line, written });
+        with_line(build, |line| {
+            let mut state = self.shared.queue.lock().expect("audit queue poisoned");
+            state.lines.extend_from_slice(line);
+            state.waiters.push(written);
+        });
         if wake {
             self.shared.write_queued();
         }
@@ -187,34 +211,28 @@ impl Shared {
             return;
         }
         state.writing = true;
+        // Only the writer takes the file's lock, so it is never contended.
+        let mut file = self.file.lock().expect("audit file poisoned");
         loop {
-            let batch = std::mem::take(&mut state.lines);
-            if batch.is_empty() {
+            if state.waiters.is_empty() {
                 state.writing = false;
                 return;
             }
+            let mut lines = std::mem::take(&mut file.buffer);
+            let mut waiters = std::mem::take(&mut file.waiters);
+            std::mem::swap(&mut state.lines, &mut lines);
+            std::mem::swap(&mut state.waiters, &mut waiters);
             drop(state);
-            self.write_batch(batch);
+            let result = file.write(&lines).map_err(|e| e.kind());
+            for waiter in waiters.drain(..) {
+                let _ = waiter.send(result);
+            }
+            // A batch of unusual size (large bodies) is not kept for the rest of the process.
+            lines.clear();
+            lines.shrink_to(KEPT_BUFFER_BYTES);
+            file.buffer = lines;
+            file.waiters = waiters;
             state = self.queue.lock().expect("audit queue poisoned");
-        }
-    }
-
-    /// Only the writer calls this (the file's lock is never contended).
-    fn write_batch(&self, batch: Vec<Pending>) {
-        let mut file = self.file.lock().expect("audit file poisoned");
-        // Kept empty between batches.
-        let mut buffer = std::mem::take(&mut file.buffer);
-        for pending in &batch {
-            buffer.extend_from_slice(&pending.line);
-        }
-        let result = file.write(&buffer).map_err(|e| e.kind());
-        // A batch of unusual size (large bodies) is not kept for the rest of the process.
-        buffer.clear();
-        buffer.shrink_to(KEPT_BUFFER_BYTES);
-        file.buffer = buffer;
-        drop(file);
-        for pending in batch {
-            let _ = pending.written.send(result);
         }
     }
 
@@ -283,6 +301,7 @@ impl OpenFile {
             file,
             generation: REOPEN_GENERATION.load(Ordering::Relaxed),
             buffer: Vec::new(),
+            waiters: Vec::new(),
             length: 0,
             reserved_to: 0,
         }
@@ -424,10 +443,12 @@ impl Device {
         })
     }
 
-    fn submit(&self, line: Vec<u8>, wake: bool) -> Written {
+    fn submit(&self, build: impl FnOnce(&mut Vec<u8>), wake: bool) -> Written {
         match &self.sink {
-            Sink::File(file) => file.submit(line, wake),
-            Sink::Stdout => Written::Done(std::io::stdout().lock().write_all(&line)),
+            Sink::File(file) => file.submit(build, wake),
+            Sink::Stdout => Written::Done(with_line(build, |line| {
+                std::io::stdout().lock().write_all(line)
+            })),
         }
     }
 }
@@ -558,7 +579,7 @@ pub struct Recording {
 /// someone waits for (a read's request entry, confirmed together with its response entry).
 pub fn submit(
     devices: &[Arc<Device>],
-    build: impl Fn(usize, &Salt) -> Vec<u8>,
+    build: impl Fn(usize, &Salt, &mut Vec<u8>),
     wake: bool,
 ) -> Recording {
     Recording {
@@ -566,8 +587,8 @@ pub fn submit(
             .iter()
             .enumerate()
             .map(|(index, device)| {
-                let line = build(index, &device.salt);
-                (device.clone(), device.submit(line, wake))
+                let written = device.submit(|line| build(index, &device.salt, line), wake);
+                (device.clone(), written)
             })
             .collect(),
     }
@@ -605,6 +626,10 @@ impl Recording {
 mod tests {
     use super::*;
 
+    fn line(text: String) -> impl FnOnce(&mut Vec<u8>) {
+        move |out| out.extend_from_slice(text.as_bytes())
+    }
+
     fn sink(path: &std::path::Path) -> FileSink {
         FileSink::start(OpenFile::new(path.to_owned(), 0o600, None)).unwrap()
     }
@@ -620,9 +645,8 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 for n in 0..500 {
                     // Every other line is one nobody waits for yet (a read's request entry).
-                    let deferred =
-                        sink.submit(format!("{task}-{n}-deferred\n").into_bytes(), false);
-                    let waited = sink.submit(format!("{task}-{n}\n").into_bytes(), true);
+                    let deferred = sink.submit(line(format!("{task}-{n}-deferred\n")), false);
+                    let waited = sink.submit(line(format!("{task}-{n}\n")), true);
                     waited.result().await.unwrap();
                     deferred.result().await.unwrap();
                 }
@@ -649,7 +673,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let sink = sink(&path);
-        sink.submit(b"one line\n".to_vec(), true)
+        sink.submit(line("one line\n".into()), true)
             .result()
             .await
             .unwrap();

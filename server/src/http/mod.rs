@@ -293,10 +293,10 @@ impl Audited {
         wake: bool,
     ) -> crate::audit::device::Recording {
         let blocks = self.blocks(req, id);
-        let time = crate::clock::rfc3339(crate::clock::now());
+        let time = crate::clock::now();
         crate::audit::device::submit(
             &self.devices,
-            |index, _| crate::audit::request_entry(&blocks[index], &time, error),
+            |index, _, out| crate::audit::request_entry(out, &blocks[index], time, error),
             wake,
         )
     }
@@ -311,14 +311,16 @@ impl Audited {
         pending: Option<crate::audit::device::Recording>,
     ) -> Rendered {
         let blocks = self.blocks(req, id);
-        let time = crate::clock::rfc3339(crate::clock::now());
+        let time = crate::clock::now();
         let response = crate::audit::ResponseRecord {
             status: rendered.status.as_u16(),
             body: rendered.json_body(),
         };
         let entry = crate::audit::device::submit(
             &self.devices,
-            |index, salt| crate::audit::response_entry(salt, &blocks[index], &response, &time),
+            |index, salt, out| {
+                crate::audit::response_entry(out, salt, &blocks[index], &response, time)
+            },
             true,
         );
         let request_recorded = match pending {
