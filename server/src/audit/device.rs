@@ -137,10 +137,13 @@ struct OpenFile {
     /// The file's length as this writer knows it, and how far blocks are reserved past it.
     length: u64,
     reserved_to: u64,
+    /// A write failed part-way through a line (a full disk): the next write ends it first.
+    torn: bool,
 }
 
-/// The write buffer's capacity kept between batches.
+/// The write buffer's capacity kept between batches, and its waiters'.
 const KEPT_BUFFER_BYTES: usize = 256 * 1024;
+const KEPT_WAITERS: usize = 1024;
 
 /// Blocks reserved ahead of the file's end (`fallocate` with `FALLOC_FL_KEEP_SIZE`; the size
 /// seen by readers and logrotate is unchanged). Appending ~1 KiB lines to blocks not yet
@@ -207,12 +210,15 @@ impl Shared {
     /// caller becomes one.
     fn write_queued(&self) {
         let mut state = self.queue.lock().expect("audit queue poisoned");
-        if state.writing {
+        if state.writing || state.waiters.is_empty() {
             return;
         }
         state.writing = true;
-        // Only the writer takes the file's lock, so it is never contended.
+        drop(state);
+        // Only the writer takes the file's lock, so it is never contended; always before the
+        // queue's, never while holding it.
         let mut file = self.file.lock().expect("audit file poisoned");
+        let mut state = self.queue.lock().expect("audit queue poisoned");
         loop {
             if state.waiters.is_empty() {
                 state.writing = false;
@@ -230,6 +236,7 @@ impl Shared {
             // A batch of unusual size (large bodies) is not kept for the rest of the process.
             lines.clear();
             lines.shrink_to(KEPT_BUFFER_BYTES);
+            waiters.shrink_to(KEPT_WAITERS);
             file.buffer = lines;
             file.waiters = waiters;
             state = self.queue.lock().expect("audit queue poisoned");
@@ -304,6 +311,7 @@ impl OpenFile {
             waiters: Vec::new(),
             length: 0,
             reserved_to: 0,
+            torn: false,
         }
     }
 
@@ -315,6 +323,7 @@ impl OpenFile {
             self.generation = generation;
             self.file = Some(FileSink::open(&self.path, self.mode)?);
             self.reserved_to = 0;
+            self.torn = false;
         }
         let file = self.file.as_mut().expect("opened above");
         if self.length + lines.len() as u64 > self.reserved_to {
@@ -323,11 +332,44 @@ impl OpenFile {
             self.length = file.metadata().map_or(self.length, |m| m.len());
             self.reserved_to = reserve(file, self.length);
         }
-        // Whole lines in one write: with O_APPEND, lines never interleave.
-        file.write_all(lines)?;
-        self.length += lines.len() as u64;
-        Ok(())
+        let appended = append(file, lines, &mut self.torn);
+        self.length += appended.as_ref().map_or_else(|(n, _)| *n, |n| *n) as u64;
+        appended.map(|_| ()).map_err(|(_, error)| error)
     }
+}
+
+/// Appends whole lines in one write (with O_APPEND, lines never interleave); answers how many
+/// bytes reached the file, also when it fails. A write that stops inside a line (a disk that
+/// filled up) leaves `torn` set, and the next append first ends that fragment, so that it
+/// costs one unparsable line, not the entry written after it as well.
+fn append(
+    out: &mut impl std::io::Write,
+    lines: &[u8],
+    torn: &mut bool,
+) -> Result<usize, (usize, std::io::Error)> {
+    let mut appended = 0;
+    if *torn {
+        out.write_all(b"\n").map_err(|error| (0, error))?;
+        appended = 1;
+        *torn = false;
+    }
+    let mut written = 0;
+    while written < lines.len() {
+        match out.write(&lines[written..]) {
+            Ok(0) => {
+                *torn = written > 0 && lines[written - 1] != b'\n';
+                let error = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                return Err((appended + written, error));
+            }
+            Ok(n) => written += n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                *torn = written > 0 && lines[written - 1] != b'\n';
+                return Err((appended + written, error));
+            }
+        }
+    }
+    Ok(appended + written)
 }
 
 /// Reserves [`RESERVE_AHEAD`] bytes of blocks from `length` on; returns how far the file is
@@ -665,6 +707,61 @@ mod tests {
         lines.sort_unstable();
         lines.dedup();
         assert_eq!(lines.len(), 8 * 500 * 2, "no line twice");
+    }
+
+    /// Takes `room` bytes, then fails like a full disk.
+    struct FillsUp {
+        written: Vec<u8>,
+        room: usize,
+    }
+
+    impl std::io::Write for FillsUp {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let n = bytes.len().min(self.room - self.written.len());
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+            }
+            self.written.extend_from_slice(&bytes[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_full_disk_is_ended_before_the_next_entry() {
+        let mut disk = FillsUp {
+            written: Vec::new(),
+            room: 20,
+        };
+        let mut torn = false;
+        let failed = append(
+            &mut disk,
+            b"{\"a\":1}\n{\"cut\":\"short line\"}\n",
+            &mut torn,
+        );
+        assert_eq!(
+            failed.unwrap_err().0,
+            20,
+            "what reached the disk is counted"
+        );
+        assert!(torn);
+        disk.room = 100;
+        assert_eq!(append(&mut disk, b"{\"b\":2}\n", &mut torn).unwrap(), 9);
+        assert!(!torn);
+        let text = String::from_utf8(disk.written).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines, ["{\"a\":1}", "{\"cut\":\"shor", "{\"b\":2}"]);
+        // A failure at a line's end tears nothing.
+        let mut exact = FillsUp {
+            written: Vec::new(),
+            room: 8,
+        };
+        let mut torn = false;
+        assert!(append(&mut exact, b"{\"a\":1}\n{\"b\":2}\n", &mut torn).is_err());
+        assert!(!torn, "the failure fell between two lines");
     }
 
     #[tokio::test]
