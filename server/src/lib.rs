@@ -13,6 +13,7 @@ pub mod duration;
 pub mod encrypted;
 pub mod error;
 pub mod http;
+pub mod json;
 pub mod kubernetes;
 pub mod kv;
 pub mod metrics;

@@ -120,7 +120,7 @@ impl Line<'_> {
 
     /// Any string, escaped.
     fn string(&mut self, text: &str) {
-        serde_json::to_writer(&mut *self.out, text).expect(IN_MEMORY);
+        crate::json::write_str(self.out, text);
     }
 
     fn json(&mut self, value: &impl serde::Serialize) {

@@ -633,10 +633,12 @@ impl Rendered {
     fn into_response(self) -> Response {
         METRICS.request(self.status.as_u16());
         let (body, content_type) = match self.body {
-            RenderedBody::Json(value) => (
-                AxumBody::from(serde_json::to_vec(&value).expect("serialisable")),
-                Some("application/json"),
-            ),
+            RenderedBody::Json(value) => {
+                // Room for a KV read's answer without growing the buffer on the way.
+                let mut body = Vec::with_capacity(2048);
+                crate::json::write_value(&mut body, &value);
+                (AxumBody::from(body), Some("application/json"))
+            }
             RenderedBody::Text(text) => (
                 AxumBody::from(text),
                 Some("text/plain; version=0.0.4; charset=utf-8"),
