@@ -106,6 +106,22 @@ mod tests {
     }
 
     #[test]
+    fn only_strings_with_something_to_escape_leave_the_fast_path() {
+        assert!(!needs_escaping(b""));
+        assert!(!needs_escaping(
+            "plain text, é and 🔑, longer than one chunk".as_bytes()
+        ));
+        assert!(!needs_escaping(&[0x7f; 40]));
+        for at in [0, 15, 16, 39] {
+            for byte in [0u8, 0x1f, b'"', b'\\'] {
+                let mut text = vec![b'x'; 40];
+                text[at] = byte;
+                assert!(needs_escaping(&text), "{byte:#x} at {at}");
+            }
+        }
+    }
+
+    #[test]
     fn random_values_come_out_byte_for_byte_as_serde_writes_them() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(17);
         fn text(rng: &mut rand::rngs::StdRng) -> String {
