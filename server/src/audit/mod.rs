@@ -209,11 +209,25 @@ pub struct RequestRecord<'a> {
     pub body: Option<&'a Map<String, Value>>,
 }
 
-/// What the response was, as sent.
+/// What the response was, as sent: its status, and the body's `data`, `auth` and `errors`.
 pub struct ResponseRecord<'a> {
     pub status: u16,
-    /// The JSON body sent, if any (`data`, `auth`, `errors` are read from it).
-    pub body: Option<&'a Value>,
+    pub data: Option<&'a Value>,
+    pub auth: Option<&'a Value>,
+    pub errors: Option<&'a Value>,
+}
+
+impl<'a> ResponseRecord<'a> {
+    /// Of a JSON body, if any, shaped like Vault's.
+    pub fn of_body(status: u16, body: Option<&'a Value>) -> ResponseRecord<'a> {
+        let field = |name| body.and_then(|b| b.get(name));
+        ResponseRecord {
+            status,
+            data: field("data"),
+            auth: field("auth"),
+            errors: field("errors"),
+        }
+    }
 }
 
 /// The `auth` and `request` blocks of one request's entries, hashed under one device's salt
@@ -330,9 +344,8 @@ pub fn response_entry(
     response: &ResponseRecord<'_>,
     time: time::OffsetDateTime,
 ) {
-    let body = response.body;
-    let errors = body
-        .and_then(|b| b.get("errors"))
+    let errors = response
+        .errors
         .and_then(Value::as_array)
         .map(|errors| {
             errors
@@ -347,11 +360,11 @@ pub fn response_entry(
         line.name(blocks.mount_type);
         line.raw(",\"status\":");
         line.json(&response.status);
-        if let Some(data) = body.and_then(|b| b.get("data")).filter(|v| !v.is_null()) {
+        if let Some(data) = response.data.filter(|v| !v.is_null()) {
             line.raw(",\"data\":");
             line.hashed(salt, data);
         }
-        if let Some(auth) = body.and_then(|b| b.get("auth")).and_then(Value::as_object) {
+        if let Some(auth) = response.auth.and_then(Value::as_object) {
             line.raw(",\"auth\":");
             line.response_auth(salt, auth);
         }
@@ -444,10 +457,7 @@ mod tests {
         let response = parse(response_line(
             &s,
             &blocks,
-            &ResponseRecord {
-                status: 200,
-                body: Some(&sent),
-            },
+            &ResponseRecord::of_body(200, Some(&sent)),
             "2026-12-02T00:00:00Z",
         ));
         assert_eq!(response["response"]["status"], 200);
@@ -467,10 +477,7 @@ mod tests {
         let denied = parse(response_line(
             &s,
             &blocks,
-            &ResponseRecord {
-                status: 403,
-                body: Some(&refused),
-            },
+            &ResponseRecord::of_body(403, Some(&refused)),
             "2026-12-02T00:00:01Z",
         ));
         assert_eq!(denied["error"], "permission denied");
@@ -519,10 +526,7 @@ mod tests {
         let response = response_line(
             &s,
             &blocks,
-            &ResponseRecord {
-                status: 400,
-                body: Some(&sent),
-            },
+            &ResponseRecord::of_body(400, Some(&sent)),
             "2026-12-03T10:00:00.5Z",
         );
         let h = |text: &str| json!(s.hash(text));

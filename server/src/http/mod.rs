@@ -312,10 +312,7 @@ impl Audited {
     ) -> Rendered {
         let blocks = self.blocks(req, id);
         let time = crate::clock::now();
-        let response = crate::audit::ResponseRecord {
-            status: rendered.status.as_u16(),
-            body: rendered.json_body(),
-        };
+        let response = rendered.audit_record();
         let entry = crate::audit::device::submit(
             &self.devices,
             |index, salt, out| {
@@ -609,6 +606,8 @@ pub struct Rendered {
 
 pub enum RenderedBody {
     Json(Value),
+    /// Vault's body around `data` and `auth`, the shape of most answers.
+    Envelope(Envelope),
     /// Prometheus text.
     Text(String),
     Empty,
@@ -630,6 +629,20 @@ impl Rendered {
         }
     }
 
+    /// What the audit devices record of it: the `data`, `auth` and `errors` sent.
+    fn audit_record(&self) -> crate::audit::ResponseRecord<'_> {
+        let status = self.status.as_u16();
+        match &self.body {
+            RenderedBody::Envelope(envelope) => crate::audit::ResponseRecord {
+                status,
+                data: Some(&envelope.data),
+                auth: Some(&envelope.auth),
+                errors: None,
+            },
+            _ => crate::audit::ResponseRecord::of_body(status, self.json_body()),
+        }
+    }
+
     fn into_response(self) -> Response {
         METRICS.request(self.status.as_u16());
         let (body, content_type) = match self.body {
@@ -637,6 +650,11 @@ impl Rendered {
                 // Room for a KV read's answer without growing the buffer on the way.
                 let mut body = Vec::with_capacity(2048);
                 crate::json::write_value(&mut body, &value);
+                (AxumBody::from(body), Some("application/json"))
+            }
+            RenderedBody::Envelope(envelope) => {
+                let mut body = Vec::with_capacity(2048);
+                envelope.write(&mut body);
                 (AxumBody::from(body), Some("application/json"))
             }
             RenderedBody::Text(text) => (
@@ -659,8 +677,50 @@ impl Rendered {
     }
 }
 
-/// Vault's response body around `data` and `auth`. Built field by field: `json!` would copy
-/// `data` and `auth` through its serialiser instead of moving them.
+/// Vault's response body around `data` and `auth`, written straight into the answer: building
+/// it as a `Value` (nine keys, a sorted map, then dropped) was 5% of a KV read's instructions.
+pub struct Envelope {
+    request_id: String,
+    mount_type: &'static str,
+    data: Value,
+    auth: Value,
+}
+
+impl Envelope {
+    fn new(request_id: &str, mount_type: &'static str, data: Value, auth: Value) -> Envelope {
+        Envelope {
+            request_id: request_id.to_owned(),
+            mount_type,
+            data,
+            auth,
+        }
+    }
+
+    /// Byte for byte what [`envelope`] serialises to: its keys in serde_json's sorted order.
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"auth\":");
+        crate::json::write_value(out, &self.auth);
+        out.extend_from_slice(b",\"data\":");
+        crate::json::write_value(out, &self.data);
+        out.extend_from_slice(b",\"lease_duration\":0,\"lease_id\":\"\",\"mount_type\":");
+        crate::json::write_str(out, self.mount_type);
+        out.extend_from_slice(b",\"renewable\":false,\"request_id\":");
+        crate::json::write_str(out, &self.request_id);
+        out.extend_from_slice(b",\"warnings\":null,\"wrap_info\":null}");
+    }
+}
+
+fn rendered_envelope(status: StatusCode, envelope: Envelope) -> Rendered {
+    Rendered {
+        status,
+        body: RenderedBody::Envelope(envelope),
+        retry_after: None,
+    }
+}
+
+/// Vault's response body around `data` and `auth` as a `Value`, for answers that add fields
+/// to it. Built field by field: `json!` would copy `data` and `auth` through its serialiser
+/// instead of moving them.
 fn envelope(request_id: &str, mount_type: &str, data: Value, auth: Value) -> Value {
     Value::Object(serde_json::Map::from_iter([
         ("request_id".to_owned(), Value::from(request_id)),
@@ -684,16 +744,17 @@ pub fn respond(result: Result<(Reply, &'static str)>, request_id: &str) -> Respo
 pub fn render(result: Result<(Reply, &'static str)>, request_id: &str) -> Rendered {
     match result {
         Ok((reply, mount_type)) => match reply {
-            Reply::Data(data) => Rendered::json(
+            Reply::Data(data) => rendered_envelope(
                 StatusCode::OK,
-                envelope(request_id, mount_type, data, Value::Null),
+                Envelope::new(request_id, mount_type, data, Value::Null),
             ),
-            Reply::DataWithStatus(status, data) => {
-                Rendered::json(status, envelope(request_id, mount_type, data, Value::Null))
-            }
-            Reply::Auth(auth) => Rendered::json(
+            Reply::DataWithStatus(status, data) => rendered_envelope(
+                status,
+                Envelope::new(request_id, mount_type, data, Value::Null),
+            ),
+            Reply::Auth(auth) => rendered_envelope(
                 StatusCode::OK,
-                envelope(request_id, mount_type, Value::Null, auth),
+                Envelope::new(request_id, mount_type, Value::Null, auth),
             ),
             Reply::Compat(data) => {
                 let mut body = envelope(request_id, mount_type, data.clone(), Value::Null);
@@ -788,6 +849,33 @@ pub fn render(result: Result<(Reply, &'static str)>, request_id: &str) -> Render
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_envelope_is_written_as_its_value_would_be() {
+        let cases = [
+            (
+                serde_json::json!({ "k": "v\"\n", "n": [1, 2.5, null] }),
+                Value::Null,
+            ),
+            (
+                Value::Null,
+                serde_json::json!({ "client_token": "kks.x", "policies": ["a"] }),
+            ),
+            (Value::Null, Value::Null),
+        ];
+        for (data, auth) in cases {
+            for mount_type in ["kv", "system", "token"] {
+                let mut written = Vec::new();
+                Envelope::new("req-\"1", mount_type, data.clone(), auth.clone())
+                    .write(&mut written);
+                let value = envelope("req-\"1", mount_type, data.clone(), auth.clone());
+                assert_eq!(
+                    String::from_utf8(written).unwrap(),
+                    serde_json::to_string(&value).unwrap()
+                );
+            }
+        }
+    }
 
     #[test]
     fn route_labels_are_fixed_strings_whatever_the_path() {
