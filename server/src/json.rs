@@ -3,7 +3,7 @@
 //! bytes at a time and copied whole, where serde_json looks each byte up in its escape table
 //! (`format_escaped_str` was the largest single function of a KV read in callgrind).
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Appends `value` as serde_json's compact form.
 pub fn write_value(out: &mut Vec<u8>, value: &Value) {
@@ -15,29 +15,43 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) {
             serde_json::to_writer(&mut *out, number).expect("in-memory JSON cannot fail")
         }
         Value::String(text) => write_str(out, text),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                write_value(out, item);
-            }
-            out.push(b']');
-        }
-        Value::Object(fields) => {
-            out.push(b'{');
-            for (index, (key, item)) in fields.iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                write_str(out, key);
-                out.push(b':');
-                write_value(out, item);
-            }
-            out.push(b'}');
-        }
+        Value::Array(items) => write_array(out, items, write_value),
+        Value::Object(fields) => write_object(out, fields, |out, _, item| write_value(out, item)),
     }
+}
+
+/// `[…]`, each item written by `write`.
+pub fn write_array<T>(
+    out: &mut Vec<u8>,
+    items: impl IntoIterator<Item = T>,
+    mut write: impl FnMut(&mut Vec<u8>, T),
+) {
+    out.push(b'[');
+    for (index, item) in items.into_iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        write(out, item);
+    }
+    out.push(b']');
+}
+
+/// `{…}` with `fields`' keys escaped, each value written by `write` (which is given its key).
+pub fn write_object(
+    out: &mut Vec<u8>,
+    fields: &Map<String, Value>,
+    mut write: impl FnMut(&mut Vec<u8>, &str, &Value),
+) {
+    out.push(b'{');
+    for (index, (key, value)) in fields.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        write_str(out, key);
+        out.push(b':');
+        write(out, key, value);
+    }
+    out.push(b'}');
 }
 
 /// Appends `text` as a JSON string, escaped exactly as serde_json escapes it.

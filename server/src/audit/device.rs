@@ -355,19 +355,17 @@ fn append(
     }
     let mut written = 0;
     while written < lines.len() {
-        match out.write(&lines[written..]) {
-            Ok(0) => {
-                *torn = written > 0 && lines[written - 1] != b'\n';
-                let error = std::io::Error::from(std::io::ErrorKind::WriteZero);
-                return Err((appended + written, error));
+        let error = match out.write(&lines[written..]) {
+            Ok(0) => std::io::Error::from(std::io::ErrorKind::WriteZero),
+            Ok(n) => {
+                written += n;
+                continue;
             }
-            Ok(n) => written += n,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(error) => {
-                *torn = written > 0 && lines[written - 1] != b'\n';
-                return Err((appended + written, error));
-            }
-        }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => error,
+        };
+        *torn = written > 0 && lines[written - 1] != b'\n';
+        return Err((appended + written, error));
     }
     Ok(appended + written)
 }

@@ -93,8 +93,13 @@ impl Line<'_> {
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'),
             "{text:?} needs escaping"
         );
+        self.quoted(text.as_bytes());
+    }
+
+    /// `text` between quotes, as it is: only for text with nothing to escape.
+    fn quoted(&mut self, text: &[u8]) {
         self.out.push(b'"');
-        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(text);
         self.out.push(b'"');
     }
 
@@ -106,9 +111,7 @@ impl Line<'_> {
     }
 
     fn hash(&mut self, hash: &HashText) {
-        self.out.push(b'"');
-        self.out.extend_from_slice(&hash.0);
-        self.out.push(b'"');
+        self.quoted(&hash.0);
     }
 
     fn maybe_hash(&mut self, hash: Option<&HashText>) {
@@ -128,66 +131,41 @@ impl Line<'_> {
     }
 
     fn strings(&mut self, items: &[String]) {
-        self.out.push(b'[');
-        for (index, item) in items.iter().enumerate() {
-            if index > 0 {
-                self.out.push(b',');
-            }
-            self.string(item);
-        }
-        self.out.push(b']');
+        crate::json::write_array(self.out, items, |out, item| {
+            crate::json::write_str(out, item)
+        });
     }
 
     /// `value` with every string in it hashed, the shape kept.
     fn hashed(&mut self, salt: &Salt, value: &Value) {
         match value {
             Value::String(text) => self.hash(&salt.hash_text(text)),
-            Value::Array(items) => {
-                self.out.push(b'[');
-                for (index, item) in items.iter().enumerate() {
-                    if index > 0 {
-                        self.out.push(b',');
-                    }
-                    self.hashed(salt, item);
-                }
-                self.out.push(b']');
-            }
+            Value::Array(items) => crate::json::write_array(self.out, items, |out, item| {
+                Line { out }.hashed(salt, item)
+            }),
             Value::Object(fields) => self.hashed_fields(salt, fields),
             other => self.json(other),
         }
     }
 
     fn hashed_fields(&mut self, salt: &Salt, fields: &Map<String, Value>) {
-        self.out.push(b'{');
-        for (index, (key, value)) in fields.iter().enumerate() {
-            if index > 0 {
-                self.out.push(b',');
-            }
-            self.string(key);
-            self.out.push(b':');
-            self.hashed(salt, value);
-        }
-        self.out.push(b'}');
+        crate::json::write_object(self.out, fields, |out, _, value| {
+            Line { out }.hashed(salt, value)
+        });
     }
 
     /// A response's `auth` as Vault writes it: the issued token and its accessor hashed, the
     /// policies and metadata readable.
     fn response_auth(&mut self, salt: &Salt, fields: &Map<String, Value>) {
-        self.out.push(b'{');
-        for (index, (key, value)) in fields.iter().enumerate() {
-            if index > 0 {
-                self.out.push(b',');
-            }
-            self.string(key);
-            self.out.push(b':');
+        crate::json::write_object(self.out, fields, |out, key, value| {
+            let mut line = Line { out };
             match value {
                 Value::String(text) if key == "client_token" || key == "accessor" => {
-                    self.hash(&salt.hash_text(text))
+                    line.hash(&salt.hash_text(text))
                 }
-                other => self.json(other),
+                other => line.json(other),
             }
-        }
-        self.out.push(b'}');
+        });
     }
 }
 

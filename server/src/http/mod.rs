@@ -646,17 +646,8 @@ impl Rendered {
     fn into_response(self) -> Response {
         METRICS.request(self.status.as_u16());
         let (body, content_type) = match self.body {
-            RenderedBody::Json(value) => {
-                // Room for a KV read's answer without growing the buffer on the way.
-                let mut body = Vec::with_capacity(2048);
-                crate::json::write_value(&mut body, &value);
-                (AxumBody::from(body), Some("application/json"))
-            }
-            RenderedBody::Envelope(envelope) => {
-                let mut body = Vec::with_capacity(2048);
-                envelope.write(&mut body);
-                (AxumBody::from(body), Some("application/json"))
-            }
+            RenderedBody::Json(value) => json_answer(|out| crate::json::write_value(out, &value)),
+            RenderedBody::Envelope(envelope) => json_answer(|out| envelope.write(out)),
             RenderedBody::Text(text) => (
                 AxumBody::from(text),
                 Some("text/plain; version=0.0.4; charset=utf-8"),
@@ -675,6 +666,14 @@ impl Rendered {
         }
         response
     }
+}
+
+/// A JSON answer's body, written by `write`, and its content type.
+fn json_answer(write: impl FnOnce(&mut Vec<u8>)) -> (AxumBody, Option<&'static str>) {
+    // Room for a KV read's answer without growing the buffer on the way.
+    let mut body = Vec::with_capacity(2048);
+    write(&mut body);
+    (AxumBody::from(body), Some("application/json"))
 }
 
 /// Vault's response body around `data` and `auth`, written straight into the answer: building
