@@ -569,8 +569,16 @@ fn a_segfault_leaves_no_core_either_and_the_memlock_line_names_the_limit() {
 async fn key_material(data_dir: &std::path::Path) -> Vec<[u8; 32]> {
     use kinko_server::seal::Seal as _;
     use kinko_server::storage::Storage as _;
+    // The server keeps its database locked against other processes: read a copy (nothing is
+    // written meanwhile, and the copied WAL brings every committed frame with it).
+    let copy = tempfile::tempdir().unwrap();
+    for file in ["kinko.db", "kinko.db-wal"] {
+        if data_dir.join(file).exists() {
+            std::fs::copy(data_dir.join(file), copy.path().join(file)).unwrap();
+        }
+    }
     let storage =
-        kinko_server::storage::sqlite::SqliteStorage::open(&data_dir.join("kinko.db")).unwrap();
+        kinko_server::storage::sqlite::SqliteStorage::open(&copy.path().join("kinko.db")).unwrap();
     let get = |key: &'static str| {
         let storage = &storage;
         async move { storage.get(key).await.unwrap().expect(key).value }
@@ -638,6 +646,37 @@ fn occurrences_in_memory(pid: i32, keys: &[[u8; 32]]) -> Vec<usize> {
         }
     }
     found
+}
+
+/// The embedded store is single-node: a second server on the same data directory is refused
+/// at once with the reason, and the first one keeps serving.
+#[tokio::test]
+async fn a_second_server_on_the_same_database_is_refused_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Kinko::dev(dir.path(), Some("first-root"));
+    let client = first.client(Some("first-root"));
+    client
+        .kv_write("secret", "app", &data(&[("password", "one")]), None)
+        .await
+        .unwrap();
+    let mut second = std::process::Command::new(binary("kinko"));
+    clear_kinko_env(&mut second);
+    second
+        .args(["server", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path());
+    let refused = kinko_e2e::output_within(&mut second, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is in use by another process; one kinko server per database"),
+        "{stderr}"
+    );
+    let read = client
+        .kv_read("secret", "app", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.data["password"], "one");
 }
 
 /// Security checklist 15: sealing drops every key. The root key and the keyring's term keys are
