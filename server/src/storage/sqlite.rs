@@ -77,8 +77,8 @@ impl SqliteStorage {
     }
 
     fn open_with_wal_limit(path: &Path, wal_limit: u64) -> Result<SqliteStorage, StorageError> {
-        // Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the
-        // database file's mode, so they are private from their first byte too.
+        // Created 0600 before SQLite opens it; SQLite gives its -wal file the database file's
+        // mode, so it is private from its first byte too.
         create_private_file(path)?;
         let writer = open(
             path,
