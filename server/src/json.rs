@@ -83,7 +83,7 @@ fn needs_escaping(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     use serde_json::json;
 
     fn same_as_serde(value: &Value) {
@@ -138,36 +138,47 @@ mod tests {
     #[test]
     fn random_values_come_out_byte_for_byte_as_serde_writes_them() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-        fn text(rng: &mut rand::rngs::StdRng) -> String {
-            let alphabet = [
-                'a', 'Z', '0', ' ', '"', '\\', '\n', '\t', '\u{0}', '\u{1f}', 'é', '🔑',
-            ];
-            let len = rng.gen_range(0..40);
-            (0..len)
-                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
-                .collect()
-        }
-        fn value(rng: &mut rand::rngs::StdRng, depth: u32) -> Value {
-            match rng.gen_range(0..if depth > 3 { 5 } else { 7 }) {
-                0 => Value::Null,
-                1 => Value::Bool(rng.gen()),
-                2 => json!(rng.gen::<i64>()),
-                3 => json!(rng.gen::<f64>() * 1e6),
-                4 => Value::String(text(rng)),
-                5 => Value::Array(
-                    (0..rng.gen_range(0..5))
-                        .map(|_| value(rng, depth + 1))
-                        .collect(),
-                ),
-                _ => Value::Object(
-                    (0..rng.gen_range(0..5))
-                        .map(|_| (text(rng), value(rng, depth + 1)))
-                        .collect(),
-                ),
-            }
-        }
         for _ in 0..2000 {
-            same_as_serde(&value(&mut rng, 0));
+            same_as_serde(&testing::random_value(&mut rng, 0));
+        }
+    }
+}
+
+/// Random JSON values for tests of code that writes or reads JSON text.
+#[cfg(test)]
+pub(crate) mod testing {
+    use rand::Rng;
+    use serde_json::{json, Value};
+
+    /// A string of characters that serde_json escapes and characters it does not.
+    pub fn random_text(rng: &mut impl Rng) -> String {
+        let alphabet = [
+            'a', 'Z', '0', ' ', '"', '\\', '\n', '\t', '\u{0}', '\u{1f}', 'é', '🔑',
+        ];
+        let len = rng.gen_range(0..40);
+        (0..len)
+            .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+            .collect()
+    }
+
+    /// A value of every JSON kind, nested at most four deep.
+    pub fn random_value(rng: &mut impl Rng, depth: u32) -> Value {
+        match rng.gen_range(0..if depth > 3 { 5 } else { 7 }) {
+            0 => Value::Null,
+            1 => Value::Bool(rng.gen()),
+            2 => json!(rng.gen::<i64>()),
+            3 => json!(rng.gen::<f64>() * 1e6),
+            4 => Value::String(random_text(rng)),
+            5 => Value::Array(
+                (0..rng.gen_range(0..5))
+                    .map(|_| random_value(rng, depth + 1))
+                    .collect(),
+            ),
+            _ => Value::Object(
+                (0..rng.gen_range(0..5))
+                    .map(|_| (random_text(rng), random_value(rng, depth + 1)))
+                    .collect(),
+            ),
         }
     }
 }

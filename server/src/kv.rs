@@ -3,6 +3,7 @@
 //! version. Every change rewrites the metadata with a conditional write in the same transaction
 //! as the version items it touches, so concurrent writers (even on other replicas) serialise.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -39,8 +40,44 @@ pub struct VersionMeta {
 
 impl VersionMeta {
     fn is_deleted(&self, at: time::OffsetDateTime) -> bool {
-        !self.deletion_time.is_empty() && parse_rfc3339(&self.deletion_time).is_none_or(|d| d <= at)
+        is_deleted(&self.deletion_time, at)
     }
+}
+
+/// Whether a version whose `deletion_time` is this (empty: never) is deleted at `at`.
+fn is_deleted(deletion_time: &str, at: time::OffsetDateTime) -> bool {
+    !deletion_time.is_empty() && parse_rfc3339(deletion_time).is_none_or(|d| d <= at)
+}
+
+/// A version's `metadata` in answers, its fields in the order serde_json's maps sort them (so
+/// it serialises to the same text as the `Value` it stands for).
+#[derive(Serialize)]
+struct VersionJson<'a, M> {
+    created_time: &'a str,
+    custom_metadata: Option<&'a M>,
+    deletion_time: &'a str,
+    destroyed: bool,
+    version: u64,
+}
+
+/// What a read needs of a key's metadata, borrowed from the decrypted item: a read parses
+/// no more than this and allocates no string for it (the other fields are skipped).
+#[derive(Deserialize)]
+struct MetadataView<'a> {
+    current_version: u64,
+    #[serde(borrow)]
+    custom_metadata: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    #[serde(borrow)]
+    versions: BTreeMap<u64, VersionView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct VersionView<'a> {
+    #[serde(borrow)]
+    created_time: Cow<'a, str>,
+    #[serde(borrow)]
+    deletion_time: Cow<'a, str>,
+    destroyed: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -66,13 +103,14 @@ impl KeyMetadata {
     }
 
     fn version_json(&self, version: u64, meta: &VersionMeta) -> Value {
-        json!({
-            "created_time": meta.created_time,
-            "custom_metadata": self.custom_metadata,
-            "deletion_time": meta.deletion_time,
-            "destroyed": meta.destroyed,
-            "version": version,
+        serde_json::to_value(VersionJson {
+            created_time: &meta.created_time,
+            custom_metadata: self.custom_metadata.as_ref(),
+            deletion_time: &meta.deletion_time,
+            destroyed: meta.destroyed,
+            version,
         })
+        .expect("in-memory JSON serialisation cannot fail")
     }
 
     pub fn to_json(&self) -> Value {
@@ -100,8 +138,9 @@ impl KeyMetadata {
 
 /// What a read found.
 pub enum ReadOutcome {
-    /// `{"data": {...}, "metadata": {...}}`
-    Found(Value),
+    /// `{"data": {...}, "metadata": {...}}` as JSON text. The data is copied as stored: it is
+    /// the compact JSON the write serialised (the barrier authenticated it), never parsed here.
+    Found(Zeroizing<Vec<u8>>),
     /// Soft-deleted or destroyed: Vault answers 404 with the envelope and `data: null`.
     Gone(Value),
     Missing,
@@ -263,15 +302,31 @@ impl<'a> Kv<'a> {
     }
 
     pub async fn read(&self, path: &str, version: Option<u64>) -> Result<ReadOutcome> {
-        let Some((meta, _)) = self.metadata(path).await? else {
+        if path.is_empty() || path.ends_with('/') {
+            return Ok(ReadOutcome::Missing);
+        }
+        let Some(stored) = self.store.get(&self.metadata_key(path)).await? else {
             return Ok(ReadOutcome::Missing);
         };
+        let meta: MetadataView = serde_json::from_slice(stored.bytes.expose()).map_err(|e| {
+            Error::Internal(format!(
+                "stored key metadata is not valid: {}",
+                crate::error::describe_json_error(&e)
+            ))
+        })?;
         let version = version.filter(|v| *v > 0).unwrap_or(meta.current_version);
         let Some(version_meta) = meta.versions.get(&version) else {
             return Ok(ReadOutcome::Missing);
         };
-        let metadata = meta.version_json(version, version_meta);
-        if version_meta.destroyed || version_meta.is_deleted(now()) {
+        let metadata = VersionJson {
+            created_time: &version_meta.created_time,
+            custom_metadata: meta.custom_metadata.as_ref(),
+            deletion_time: &version_meta.deletion_time,
+            destroyed: version_meta.destroyed,
+            version,
+        };
+        if version_meta.destroyed || is_deleted(&version_meta.deletion_time, now()) {
+            let metadata = serde_json::to_value(metadata).expect("in-memory JSON");
             return Ok(ReadOutcome::Gone(
                 json!({ "data": null, "metadata": metadata }),
             ));
@@ -279,17 +334,14 @@ impl<'a> Kv<'a> {
         let Some(plain) = self.store.get(&self.version_key(path, version)).await? else {
             return Ok(ReadOutcome::Missing);
         };
-        let data: Value = serde_json::from_slice(plain.bytes.expose()).map_err(|e| {
-            Error::Internal(format!(
-                "stored secret version is not JSON: {}",
-                crate::error::describe_json_error(&e)
-            ))
-        })?;
-        // Moved into the answer, not copied through `json!`'s serialiser.
-        Ok(ReadOutcome::Found(Value::Object(Map::from_iter([
-            ("data".to_owned(), data),
-            ("metadata".to_owned(), metadata),
-        ]))))
+        let data = plain.bytes.expose();
+        let mut found = Zeroizing::new(Vec::with_capacity(data.len() + 256));
+        found.extend_from_slice(b"{\"data\":");
+        found.extend_from_slice(data);
+        found.extend_from_slice(b",\"metadata\":");
+        serde_json::to_writer(&mut *found, &metadata).expect("in-memory JSON");
+        found.push(b'}');
+        Ok(ReadOutcome::Found(found))
     }
 
     /// Reads, changes and conditionally rewrites a key's metadata, retrying when another writer
@@ -354,7 +406,15 @@ impl<'a> Kv<'a> {
                 return Err(Error::NotFound);
             };
             let current = match self.read(path, None).await? {
-                ReadOutcome::Found(found) => found["data"].clone(),
+                ReadOutcome::Found(found) => {
+                    let mut found: Value = serde_json::from_slice(&found).map_err(|e| {
+                        Error::Internal(format!(
+                            "stored secret version is not JSON: {}",
+                            crate::error::describe_json_error(&e)
+                        ))
+                    })?;
+                    found["data"].take()
+                }
                 _ => return Err(Error::NotFound),
             };
             let base_version = meta.current_version;

@@ -98,6 +98,21 @@ pub fn normalise_auth_path(raw: &str) -> Result<String> {
     Ok(path)
 }
 
+/// A mount of the table as it was when a request was resolved: shares that table (which a
+/// reload replaces, never changes) instead of copying the mount's strings per request.
+pub struct Resolved {
+    table: Arc<Vec<Mount>>,
+    index: usize,
+}
+
+impl std::ops::Deref for Resolved {
+    type Target = Mount;
+
+    fn deref(&self) -> &Mount {
+        &self.table[self.index]
+    }
+}
+
 pub struct MountTable {
     /// The storage item holding this table.
     key: &'static str,
@@ -144,13 +159,15 @@ impl MountTable {
     }
 
     /// The mount a logical path falls under, and the path relative to it.
-    pub fn resolve<'p>(&self, path: &'p str) -> Option<(Mount, &'p str)> {
-        let mounts = self.all();
-        mounts
+    pub fn resolve<'p>(&self, path: &'p str) -> Option<(Resolved, &'p str)> {
+        let table = self.all();
+        let (index, mount) = table
             .iter()
-            .filter(|m| path.starts_with(&m.path) || path == m.path.trim_end_matches('/'))
-            .max_by_key(|m| m.path.len())
-            .map(|m| (m.clone(), path.get(m.path.len()..).unwrap_or("")))
+            .enumerate()
+            .filter(|(_, m)| path.starts_with(&m.path) || path == m.path.trim_end_matches('/'))
+            .max_by_key(|(_, m)| m.path.len())?;
+        let rest = path.get(mount.path.len()..).unwrap_or("");
+        Some((Resolved { table, index }, rest))
     }
 
     /// Adds a mount with a conditional write on the whole table.

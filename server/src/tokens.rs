@@ -2,6 +2,7 @@
 //! accessors and parent → child links so that revoking a token revokes what it created.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
@@ -85,7 +86,8 @@ pub struct Issued {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub hash: String,
-    pub entry: TokenEntry,
+    /// Shared with the token cache: a request reads it, nothing changes it in place.
+    pub entry: Arc<TokenEntry>,
     /// The storage version of the entry as read: a child is created only if the parent is
     /// still at it (not revoked in between).
     pub version: u64,
@@ -110,7 +112,7 @@ pub struct TokenStore {
     keyed: Hmac<Sha256>,
     /// Entries of unlimited-use tokens with their versions, by hash (see `cache` for the
     /// staleness bound).
-    entries: TtlCache<String, (TokenEntry, u64)>,
+    entries: TtlCache<String, (Arc<TokenEntry>, u64)>,
     /// Requests spending uses of one limited-use token on this replica queue here, so they do
     /// not race each other to conflicts; only other replicas race (and retry).
     use_locks: Vec<tokio::sync::Mutex<()>>,
@@ -260,7 +262,7 @@ impl TokenStore {
                             .ok_or(Error::PermissionDenied)?;
                         *parent.lock().expect("parent lock poisoned") = Some(Caller {
                             hash: caller.hash,
-                            entry,
+                            entry: Arc::new(entry),
                             version,
                             use_limited: caller.use_limited,
                         });
@@ -328,12 +330,13 @@ impl TokenStore {
             return Ok(None);
         };
         let use_limited = entry.num_uses > 0;
+        let entry = Arc::new(entry);
         if !use_limited {
             // Limited-use tokens are never cached: every use must be counted in storage.
             self.entries.insert_unless_invalidated(
                 generation,
                 hash.clone(),
-                (entry.clone(), version),
+                (Arc::clone(&entry), version),
             );
         }
         Ok(Some(Found(Caller {
@@ -404,7 +407,7 @@ impl TokenStore {
         }
         Ok(Some(Caller {
             hash,
-            entry,
+            entry: Arc::new(entry),
             version,
             use_limited: true,
         }))

@@ -148,6 +148,39 @@ impl Line<'_> {
         }
     }
 
+    /// What [`Line::hashed`] writes of the value that `text` is, read from the text itself:
+    /// keys, numbers, literals and punctuation copied, each string value hashed. `text` is
+    /// compact JSON as serde_json writes it (so a key is the string right before a `:`, and
+    /// copied keys are escaped as serde_json would); other input is copied or hashed
+    /// piecewise, never a panic.
+    fn hashed_text(&mut self, salt: &Salt, text: &[u8]) {
+        let mut at = 0;
+        while at < text.len() {
+            let Some(quote) = text[at..].iter().position(|&b| b == b'"') else {
+                self.out.extend_from_slice(&text[at..]);
+                return;
+            };
+            self.out.extend_from_slice(&text[at..at + quote]);
+            let start = at + quote;
+            let end = string_end(text, start);
+            let string = &text[start..end];
+            if text.get(end) == Some(&b':') {
+                self.out.extend_from_slice(string);
+            } else {
+                let inner = string
+                    .get(1..string.len().saturating_sub(1))
+                    .unwrap_or_default();
+                let value = match std::str::from_utf8(inner) {
+                    Ok(plain) if !plain.contains('\\') => std::borrow::Cow::Borrowed(plain),
+                    _ => serde_json::from_slice::<String>(string)
+                        .map_or_else(|_| String::from_utf8_lossy(inner), std::borrow::Cow::Owned),
+                };
+                self.hash(&salt.hash_text(&value));
+            }
+            at = end;
+        }
+    }
+
     fn hashed_fields(&mut self, salt: &Salt, fields: &Map<String, Value>) {
         crate::json::write_object(self.out, fields, |out, _, value| {
             Line { out }.hashed(salt, value)
@@ -171,6 +204,20 @@ impl Line<'_> {
 
 const IN_MEMORY: &str = "in-memory JSON serialisation cannot fail";
 
+/// The end (one past the closing quote) of the JSON string that opens at `start`, or the end
+/// of `text` if it is not closed.
+fn string_end(text: &[u8], start: usize) -> usize {
+    let mut at = start + 1;
+    while at < text.len() {
+        match text[at] {
+            b'\\' => at += 2,
+            b'"' => return at + 1,
+            _ => at += 1,
+        }
+    }
+    text.len()
+}
+
 /// What is known of a request when its entries are written.
 pub struct RequestRecord<'a> {
     pub id: &'a str,
@@ -190,9 +237,16 @@ pub struct RequestRecord<'a> {
 /// What the response was, as sent: its status, and the body's `data`, `auth` and `errors`.
 pub struct ResponseRecord<'a> {
     pub status: u16,
-    pub data: Option<&'a Value>,
+    pub data: Option<Data<'a>>,
     pub auth: Option<&'a Value>,
     pub errors: Option<&'a Value>,
+}
+
+/// A response's `data`: a value, or the JSON text sent (compact, as serde_json writes it).
+#[derive(Clone, Copy)]
+pub enum Data<'a> {
+    Value(&'a Value),
+    Text(&'a [u8]),
 }
 
 impl<'a> ResponseRecord<'a> {
@@ -201,7 +255,7 @@ impl<'a> ResponseRecord<'a> {
         let field = |name| body.and_then(|b| b.get(name));
         ResponseRecord {
             status,
-            data: field("data"),
+            data: field("data").map(Data::Value),
             auth: field("auth"),
             errors: field("errors"),
         }
@@ -338,9 +392,16 @@ pub fn response_entry(
         line.name(blocks.mount_type);
         line.raw(",\"status\":");
         line.json(&response.status);
-        if let Some(data) = response.data.filter(|v| !v.is_null()) {
-            line.raw(",\"data\":");
-            line.hashed(salt, data);
+        match response.data {
+            Some(Data::Value(data)) if !data.is_null() => {
+                line.raw(",\"data\":");
+                line.hashed(salt, data);
+            }
+            Some(Data::Text(text)) if text != b"null" => {
+                line.raw(",\"data\":");
+                line.hashed_text(salt, text);
+            }
+            _ => {}
         }
         if let Some(auth) = response.auth.and_then(Value::as_object) {
             line.raw(",\"auth\":");
@@ -399,6 +460,46 @@ mod tests {
             "per-device salt"
         );
         assert!(!hashed.to_string().contains("hunter2"));
+    }
+
+    /// A KV read's `data` is audited from the JSON text sent, never parsed into a value: the
+    /// line must be what the value would have given, byte for byte.
+    #[test]
+    fn json_text_is_hashed_exactly_as_its_value_would_be() {
+        use rand::SeedableRng;
+        let s = salt(4);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+        for _ in 0..2000 {
+            let value = crate::json::testing::random_value(&mut rng, 0);
+            let (mut from_value, mut from_text) = (Vec::new(), Vec::new());
+            Line {
+                out: &mut from_value,
+            }
+            .hashed(&s, &value);
+            Line {
+                out: &mut from_text,
+            }
+            .hashed_text(&s, &serde_json::to_vec(&value).unwrap());
+            assert_eq!(
+                String::from_utf8_lossy(&from_text),
+                String::from_utf8_lossy(&from_value),
+                "{value}"
+            );
+        }
+        // Not JSON as serde_json writes it: copied or hashed piecewise, without a panic.
+        for text in [
+            &b"\"unclosed"[..],
+            b"{\"k\":\"\\",
+            b"\"\xff\"",
+            b"",
+            b"\"",
+            b"[1,\"a\"]",
+        ] {
+            Line {
+                out: &mut Vec::new(),
+            }
+            .hashed_text(&s, text);
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result
                     })?),
                 };
             match kv.read(key, version).await? {
-                ReadOutcome::Found(found) => Ok(Reply::Data(found)),
+                ReadOutcome::Found(found) => Ok(Reply::DataText(found)),
                 ReadOutcome::Gone(gone) => Ok(Reply::DataWithStatus(StatusCode::NOT_FOUND, gone)),
                 ReadOutcome::Missing => Err(Error::NotFound),
             }

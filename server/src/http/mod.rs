@@ -20,6 +20,7 @@ use axum::Router;
 use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{json, Value};
+use zeroize::Zeroizing;
 
 pub use body::Body;
 
@@ -102,6 +103,8 @@ impl Req {
 pub enum Reply {
     /// 200 with `data`.
     Data(Value),
+    /// 200 with `data` given as JSON text (compact, as serde_json writes it).
+    DataText(Zeroizing<Vec<u8>>),
     /// `data` with another status (KV answers a deleted version with 404 and its metadata).
     DataWithStatus(StatusCode, Value),
     /// 200 with `auth`.
@@ -279,7 +282,7 @@ impl Audited {
             mount_type: mount_type(path),
             remote: self.remote,
             client_token: self.token.as_deref(),
-            token: req.and_then(|r| r.caller.as_ref()).map(|(c, _)| &c.entry),
+            token: req.and_then(|r| r.caller.as_ref()).map(|(c, _)| &*c.entry),
             body: req.map(|r| &r.body.0),
         }
     }
@@ -533,12 +536,15 @@ pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
 
 /// Who is calling and what their policies allow, as authenticated once at the entry (before
 /// the body was read). Every failure is the same 403.
-pub fn authenticate(req: &Req) -> Result<(Caller, Arc<Acl>)> {
-    req.caller.clone().ok_or(Error::PermissionDenied)
+pub fn authenticate(req: &Req) -> Result<(&Caller, &Arc<Acl>)> {
+    req.caller
+        .as_ref()
+        .map(|(caller, acl)| (caller, acl))
+        .ok_or(Error::PermissionDenied)
 }
 
 /// Checks one capability on the request's own path.
-pub fn authorize(req: &Req, capability: Capability) -> Result<Caller> {
+pub fn authorize(req: &Req, capability: Capability) -> Result<&Caller> {
     let (caller, acl) = authenticate(req)?;
     if !acl.allows(&req.path, capability) {
         return Err(Error::PermissionDenied);
@@ -635,7 +641,10 @@ impl Rendered {
         match &self.body {
             RenderedBody::Envelope(envelope) => crate::audit::ResponseRecord {
                 status,
-                data: Some(&envelope.data),
+                data: Some(match &envelope.data {
+                    Data::Value(value) => crate::audit::Data::Value(value),
+                    Data::Text(text) => crate::audit::Data::Text(text),
+                }),
                 auth: Some(&envelope.auth),
                 errors: None,
             },
@@ -681,12 +690,18 @@ fn json_answer(write: impl FnOnce(&mut Vec<u8>)) -> (AxumBody, Option<&'static s
 pub struct Envelope {
     request_id: String,
     mount_type: &'static str,
-    data: Value,
+    data: Data,
     auth: Value,
 }
 
+/// An answer's `data`: a value, or JSON text made without building one (a KV read).
+enum Data {
+    Value(Value),
+    Text(Zeroizing<Vec<u8>>),
+}
+
 impl Envelope {
-    fn new(request_id: &str, mount_type: &'static str, data: Value, auth: Value) -> Envelope {
+    fn new(request_id: &str, mount_type: &'static str, data: Data, auth: Value) -> Envelope {
         Envelope {
             request_id: request_id.to_owned(),
             mount_type,
@@ -700,7 +715,10 @@ impl Envelope {
         out.extend_from_slice(b"{\"auth\":");
         crate::json::write_value(out, &self.auth);
         out.extend_from_slice(b",\"data\":");
-        crate::json::write_value(out, &self.data);
+        match &self.data {
+            Data::Value(value) => crate::json::write_value(out, value),
+            Data::Text(text) => out.extend_from_slice(text),
+        }
         out.extend_from_slice(b",\"lease_duration\":0,\"lease_id\":\"\",\"mount_type\":");
         crate::json::write_str(out, self.mount_type);
         out.extend_from_slice(b",\"renewable\":false,\"request_id\":");
@@ -745,15 +763,19 @@ pub fn render(result: Result<(Reply, &'static str)>, request_id: &str) -> Render
         Ok((reply, mount_type)) => match reply {
             Reply::Data(data) => rendered_envelope(
                 StatusCode::OK,
-                Envelope::new(request_id, mount_type, data, Value::Null),
+                Envelope::new(request_id, mount_type, Data::Value(data), Value::Null),
+            ),
+            Reply::DataText(text) => rendered_envelope(
+                StatusCode::OK,
+                Envelope::new(request_id, mount_type, Data::Text(text), Value::Null),
             ),
             Reply::DataWithStatus(status, data) => rendered_envelope(
                 status,
-                Envelope::new(request_id, mount_type, data, Value::Null),
+                Envelope::new(request_id, mount_type, Data::Value(data), Value::Null),
             ),
             Reply::Auth(auth) => rendered_envelope(
                 StatusCode::OK,
-                Envelope::new(request_id, mount_type, Value::Null, auth),
+                Envelope::new(request_id, mount_type, Data::Value(Value::Null), auth),
             ),
             Reply::Compat(data) => {
                 let mut body = envelope(request_id, mount_type, data.clone(), Value::Null);
@@ -865,11 +887,24 @@ mod tests {
         for (data, auth) in cases {
             for mount_type in ["kv", "system", "token"] {
                 let mut written = Vec::new();
-                Envelope::new("req-\"1", mount_type, data.clone(), auth.clone())
-                    .write(&mut written);
+                Envelope::new(
+                    "req-\"1",
+                    mount_type,
+                    Data::Value(data.clone()),
+                    auth.clone(),
+                )
+                .write(&mut written);
                 let value = envelope("req-\"1", mount_type, data.clone(), auth.clone());
                 assert_eq!(
                     String::from_utf8(written).unwrap(),
+                    serde_json::to_string(&value).unwrap()
+                );
+                let text = Zeroizing::new(serde_json::to_vec(&data).unwrap());
+                let mut from_text = Vec::new();
+                Envelope::new("req-\"1", mount_type, Data::Text(text), auth.clone())
+                    .write(&mut from_text);
+                assert_eq!(
+                    String::from_utf8(from_text).unwrap(),
                     serde_json::to_string(&value).unwrap()
                 );
             }

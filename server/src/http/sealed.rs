@@ -156,7 +156,7 @@ async fn seal_current(
 }
 
 /// Checks `capability` on a path built from validated names (never on the raw request).
-fn authorize_on(req: &Req, path: &str, capability: Capability) -> Result<Caller> {
+fn authorize_on<'r>(req: &'r Req, path: &str, capability: Capability) -> Result<&'r Caller> {
     let (caller, acl) = authenticate(req)?;
     let path = LogicalPath::new(path, false)
         .map_err(|e| Error::Internal(format!("a sealed policy path is invalid: {e}")))?;
@@ -236,7 +236,7 @@ fn kubernetes_identity<'c>(u: &Unsealed, caller: &'c Caller) -> Option<(&'c str,
 async fn decrypt(u: &Unsealed, req: &Req) -> Result<Reply> {
     let (caller, _) = authenticate(req)?;
     let (namespace, service_account) =
-        kubernetes_identity(u, &caller).ok_or(Error::PermissionDenied)?;
+        kubernetes_identity(u, caller).ok_or(Error::PermissionDenied)?;
     let value = required(req, "ciphertext")?;
     let name = required(req, "name")?;
     let trusted = decode_trusted(u, value).await?;

@@ -144,7 +144,7 @@ async fn create(u: &Unsealed, req: &Req, orphan_endpoint: bool) -> Result<Reply>
         ));
     }
     let requested = req.body.string_list("policies")?;
-    let policies = child_policies(&caller, requested)?;
+    let policies = child_policies(caller, requested)?;
     let display_name = match req.body.str("display_name")? {
         Some(name) if !name.is_empty() => format!("token-{name}"),
         _ => "token".to_owned(),
@@ -165,7 +165,7 @@ async fn create(u: &Unsealed, req: &Req, orphan_endpoint: bool) -> Result<Reply>
         }
         .into(),
     };
-    let parent = (!no_parent && !orphan_endpoint).then_some(&caller);
+    let parent = (!no_parent && !orphan_endpoint).then_some(caller);
     let issued = u
         .tokens
         .create(&u.store, request, parent, chosen_id)
