@@ -90,12 +90,23 @@ pub fn term_of(blob: &[u8]) -> Result<u32, BarrierError> {
 }
 
 pub fn open_with_key(key: &Key256, aad: &[u8], blob: &[u8]) -> Result<SecretBytes, BarrierError> {
+    open_with_parts(key, &[aad], blob)
+}
+
+/// [`open_with_key`] with the associated data given in parts, joined once behind the header.
+fn open_with_parts(key: &Key256, aad: &[&[u8]], blob: &[u8]) -> Result<SecretBytes, BarrierError> {
     term_of(blob)?;
     let cipher = Aes256Gcm::new(key.expose().into());
-    let associated = match blob[4] {
-        VERSION_1 => aad.to_vec(),
-        _ => [&blob[..5], aad].concat(),
+    let header = match blob[4] {
+        VERSION_1 => &[][..],
+        _ => &blob[..5],
     };
+    let mut associated =
+        Vec::with_capacity(header.len() + aad.iter().map(|part| part.len()).sum::<usize>());
+    associated.extend_from_slice(header);
+    for part in aad {
+        associated.extend_from_slice(part);
+    }
     cipher
         .decrypt(
             Nonce::from_slice(&blob[5..HEADER_LEN]),
@@ -184,7 +195,8 @@ impl Keyring {
             .terms
             .get(&term_number)
             .ok_or(BarrierError::UnknownTerm(term_number))?;
-        open_with_key(&term.key, &associated_data(&self.cluster_id, path), blob)
+        let aad = [self.cluster_id.as_bytes(), b"\0", path.as_bytes()];
+        open_with_parts(&term.key, &aad, blob)
     }
 
     /// Takes a reservation of `BLOCK_SIZE` encryptions for this replica, rotating to a new term

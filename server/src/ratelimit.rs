@@ -91,13 +91,16 @@ mod tests {
 /// everyone else, for instance with bodies it never finishes sending.
 pub struct InFlight {
     limit: usize,
-    counts: Mutex<HashMap<String, usize>>,
+    /// By a keyed 64-bit hash of the key: nothing to allocate per request, and two keys that
+    /// collide (about 2^-64 for random tokens) would only share one limit.
+    counts: Mutex<HashMap<u64, usize>>,
+    hasher: std::hash::RandomState,
 }
 
 /// One request's place in its key's share; given back when dropped.
 pub struct Slot {
     owner: std::sync::Arc<InFlight>,
-    key: String,
+    key: u64,
 }
 
 impl InFlight {
@@ -105,20 +108,23 @@ impl InFlight {
         std::sync::Arc::new(InFlight {
             limit,
             counts: Mutex::new(HashMap::new()),
+            hasher: std::hash::RandomState::new(),
         })
     }
 
     /// A slot for `key`, or `None` when it already has `limit` requests in flight.
     pub fn try_take(self: &std::sync::Arc<Self>, key: &str) -> Option<Slot> {
+        use std::hash::BuildHasher;
+        let key = self.hasher.hash_one(key);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(key.to_owned()).or_insert(0);
+        let count = counts.entry(key).or_insert(0);
         if *count >= self.limit {
             return None;
         }
         *count += 1;
         Some(Slot {
             owner: self.clone(),
-            key: key.to_owned(),
+            key,
         })
     }
 }
@@ -126,10 +132,10 @@ impl InFlight {
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.key);
+        if let std::collections::hash_map::Entry::Occupied(mut count) = counts.entry(self.key) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
             }
         }
     }

@@ -142,7 +142,11 @@ impl TokenStore {
     pub fn hash(&self, token: &str) -> String {
         let mut mac = self.keyed.clone();
         mac.update(token.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        // Into a buffer first: `hex::encode` pushes one `char` at a time.
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(mac.finalize().into_bytes(), &mut hex)
+            .expect("32 bytes fill 64 hex digits");
+        std::str::from_utf8(&hex).expect("hex is ASCII").to_owned()
     }
 
     /// Builds a new token and the writes that store it. `parent` is `None` for orphans.

@@ -12,7 +12,7 @@ use crate::mounts::Mount;
 use crate::policy::Capability;
 
 pub async fn route(u: &Unsealed, req: &Req, mount: &Mount, rest: &str) -> Result<Reply> {
-    let kv = Kv::new(&u.store, &u.kv, &mount.storage_prefix());
+    let kv = Kv::new(&u.store, &u.kv, mount.storage_prefix());
     let (area, key) = rest.split_once('/').unwrap_or((rest, ""));
     match (area, req.op) {
         ("data", Operation::Read) => {

@@ -201,8 +201,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
-        let key = key.to_owned();
-        self.read(move |c| {
+        self.read(|c| {
             c.prepare_cached("SELECT value, version FROM items WHERE key = ?1")
                 .and_then(|mut s| {
                     s.query_row(params![key], |row| {
