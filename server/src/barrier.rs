@@ -45,11 +45,12 @@ pub enum BarrierError {
 }
 
 fn associated_data(cluster_id: &str, path: &str) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(cluster_id.len() + 1 + path.len());
-    aad.extend_from_slice(cluster_id.as_bytes());
-    aad.push(0);
-    aad.extend_from_slice(path.as_bytes());
-    aad
+    associated_parts(cluster_id, path).concat()
+}
+
+/// The associated data of a value stored at `path`: `cluster_id NUL path` (behind the header).
+fn associated_parts<'a>(cluster_id: &'a str, path: &'a str) -> [&'a [u8]; 3] {
+    [cluster_id.as_bytes(), b"\0", path.as_bytes()]
 }
 
 /// Encrypts one value with a bare key (used for the keyring itself under the root key).
@@ -195,8 +196,7 @@ impl Keyring {
             .terms
             .get(&term_number)
             .ok_or(BarrierError::UnknownTerm(term_number))?;
-        let aad = [self.cluster_id.as_bytes(), b"\0", path.as_bytes()];
-        open_with_parts(&term.key, &aad, blob)
+        open_with_parts(&term.key, &associated_parts(&self.cluster_id, path), blob)
     }
 
     /// Takes a reservation of `BLOCK_SIZE` encryptions for this replica, rotating to a new term

@@ -153,7 +153,8 @@ pub(crate) mod testing {
     /// A string of characters that serde_json escapes and characters it does not.
     pub fn random_text(rng: &mut impl Rng) -> String {
         let alphabet = [
-            'a', 'Z', '0', ' ', '"', '\\', '\n', '\t', '\u{0}', '\u{1f}', 'é', '🔑',
+            'a', 'Z', '0', ' ', '"', '\\', '\n', '\t', '\u{0}', '\u{1f}', 'é', '🔑', ':', ',', '{',
+            '}', '[', ']', '/',
         ];
         let len = rng.gen_range(0..40);
         (0..len)

@@ -92,14 +92,27 @@ impl<K: AsRef<str>, V: AsRef<str>> VersionJson<'_, BTreeMap<K, V>> {
 }
 
 /// What a read needs of a key's metadata, borrowed from the decrypted item: a read parses
-/// no more than this and allocates no string for it (the other fields are skipped).
+/// no more than this, and a string without escapes is not copied (the other fields are
+/// skipped).
 #[derive(Deserialize)]
 struct MetadataView<'a> {
     current_version: u64,
     #[serde(borrow)]
-    custom_metadata: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    custom_metadata: Option<BTreeMap<Borrowed<'a>, Borrowed<'a>>>,
     #[serde(borrow)]
     versions: BTreeMap<u64, VersionView<'a>>,
+}
+
+/// A string of the item, borrowed unless it had escapes. (serde borrows a `Cow` only as a
+/// field of its own, not inside a map, hence the newtype.)
+#[derive(Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(transparent)]
+struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl AsRef<str> for Borrowed<'_> {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
 }
 
 #[derive(Deserialize)]
@@ -373,11 +386,25 @@ impl<'a> Kv<'a> {
             return Ok(ReadOutcome::Missing);
         };
         let data = plain.bytes.expose();
-        let mut found = Zeroizing::new(Vec::with_capacity(data.len() + 256));
-        found.extend_from_slice(b"{\"data\":");
+        // Sent as it is, so it must be JSON: a 500 rather than a broken answer (or an audit
+        // line that took a value for a key) should the item ever be something else.
+        serde_json::from_slice::<serde::de::IgnoredAny>(data).map_err(|e| {
+            Error::Internal(format!(
+                "stored secret version is not JSON: {}",
+                crate::error::describe_json_error(&e)
+            ))
+        })?;
+        let mut metadata_json = Vec::with_capacity(256);
+        metadata.write(&mut metadata_json);
+        // Sized exactly: a buffer that grew would leave a copy of the values behind unwiped.
+        let (head, middle) = (&b"{\"data\":"[..], &b",\"metadata\":"[..]);
+        let mut found = Zeroizing::new(Vec::with_capacity(
+            head.len() + data.len() + middle.len() + metadata_json.len() + 1,
+        ));
+        found.extend_from_slice(head);
         found.extend_from_slice(data);
-        found.extend_from_slice(b",\"metadata\":");
-        metadata.write(&mut found);
+        found.extend_from_slice(middle);
+        found.extend_from_slice(&metadata_json);
         found.push(b'}');
         Ok(ReadOutcome::Found(found))
     }
@@ -694,9 +721,9 @@ mod tests {
             ("é".to_owned(), "\\".to_owned()),
         ]
         .into();
-        let borrowed: BTreeMap<Cow<str>, Cow<str>> = custom
+        let borrowed: BTreeMap<Borrowed, Borrowed> = custom
             .iter()
-            .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+            .map(|(k, v)| (Borrowed(Cow::Borrowed(k)), Borrowed(Cow::Borrowed(v))))
             .collect();
         for destroyed in [false, true] {
             for custom_metadata in [None, Some(&custom)] {

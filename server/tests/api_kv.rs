@@ -545,3 +545,32 @@ async fn oversized_values_and_bodies_are_refused_and_nothing_is_stored() {
         "nothing stored"
     );
 }
+
+/// A read sends the stored version as it is: an item that is not JSON (which no write makes)
+/// is a 500 without its bytes, never a broken answer.
+#[tokio::test]
+async fn a_stored_version_that_is_not_json_is_a_500_not_a_broken_answer() {
+    let s = TestServer::start().await;
+    s.post("/v1/secret/data/odd", ROOT, json!({ "data": { "a": "b" } }))
+        .await;
+    let mounts = s.get("/v1/sys/mounts", ROOT).await;
+    let uuid = mounts.body["data"]["secret/"]["uuid"].as_str().unwrap();
+    let unsealed = s.core.unsealed().unwrap();
+    unsealed
+        .store
+        .write(vec![kinko_server::encrypted::Write::Put {
+            path: format!("logical/{uuid}/versions/odd/1"),
+            value: zeroize::Zeroizing::new(b"{\"v\":\"not-json-canary\"".to_vec()),
+            precondition: kinko_server::storage::Precondition::None,
+        }])
+        .await
+        .unwrap();
+    let read = s.get("/v1/secret/data/odd", ROOT).await;
+    assert_eq!(read.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        read.errors()[0].starts_with("internal error"),
+        "{:?}",
+        read.body
+    );
+    assert!(!String::from_utf8_lossy(&read.raw).contains("canary"));
+}

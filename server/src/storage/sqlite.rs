@@ -162,7 +162,10 @@ impl SqliteStorage {
 }
 
 /// Creates the database file with mode 0600, or narrows an existing one (and the `-wal` and
-/// `-shm` files an older version left with the umask's mode) to 0600.
+/// `-shm` files an older version left with the umask's mode) to 0600. It runs before SQLite
+/// locks the file: POSIX locks belong to the process, and closing *any* descriptor of the file
+/// drops them all, so nothing else in this process opens the database file once it is locked
+/// (`WalFile` only stats the WAL).
 #[cfg(unix)]
 fn create_private_file(path: &Path) -> Result<(), StorageError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -490,6 +493,29 @@ mod tests {
                 "transaction {i} applied all or nothing"
             );
         }
+    }
+
+    /// `.cargo/config.toml` builds SQLite without the global page-cache group (a futex on
+    /// every other read when two workers met on it); a build that lost the flags fails here.
+    #[test]
+    fn sqlite_is_built_with_per_connection_page_caches() {
+        let connection = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = connection
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(options.iter().any(|o| o == "THREADSAFE=1"), "{options:?}");
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
     }
 
     #[tokio::test]
