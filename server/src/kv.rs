@@ -22,6 +22,9 @@ use crate::storage::{Precondition, MAX_TRANSACTION_OPS};
 pub const DEFAULT_MAX_VERSIONS: u64 = 10;
 /// Room left in a transaction for the metadata and the new version.
 const PRUNE_PER_WRITE: usize = MAX_TRANSACTION_OPS - 2;
+/// A written version's data up to this size is kept in the key's metadata item too, so a read
+/// of the latest version reads one item, not two (see [`Kv::read`]).
+const INLINE_MAX_BYTES: usize = 16 * 1024;
 pub const MAX_CUSTOM_METADATA_KEYS: usize = 64;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -101,6 +104,17 @@ struct MetadataView<'a> {
     custom_metadata: Option<BTreeMap<Borrowed<'a>, Borrowed<'a>>>,
     #[serde(borrow)]
     versions: BTreeMap<u64, VersionView<'a>>,
+    /// The latest written version's data, if the write kept a copy here (`metadata_item`).
+    #[serde(borrow, default)]
+    current: Option<CurrentView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct CurrentView<'a> {
+    version: u64,
+    /// Its data as the version item holds it (checked to be JSON by this very parse).
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
 }
 
 /// A string of the item, borrowed unless it had escapes. (serde borrows a `Cow` only as a
@@ -204,6 +218,50 @@ pub enum VersionAction {
     Delete,
     Undelete,
     Destroy,
+}
+
+/// A change to a key's metadata, as [`Kv::update`] writes it.
+struct Changed<T> {
+    meta: KeyMetadata,
+    /// Written in the same transaction as the metadata item.
+    writes: Vec<Write>,
+    /// The data of `meta.current_version`, to keep a copy of in the metadata item. Only a
+    /// write gives it; every other change drops the copy, and reads fall back to the version
+    /// item.
+    current: Option<Zeroizing<Vec<u8>>>,
+    result: T,
+}
+
+impl<T> Changed<T> {
+    fn new(meta: KeyMetadata, writes: Vec<Write>, result: T) -> Changed<T> {
+        Changed {
+            meta,
+            writes,
+            current: None,
+            result,
+        }
+    }
+}
+
+/// The stored metadata item: `meta` and, with `current` (the data of `meta.current_version`),
+/// `"current":{"data":…,"version":…}`, which a read takes instead of the version item.
+/// `KeyMetadata` does not read that field back: only [`MetadataView`] does.
+fn metadata_item(meta: &KeyMetadata, current: Option<&[u8]>) -> Zeroizing<Vec<u8>> {
+    let mut item = Zeroizing::new(serde_json::to_vec(meta).expect("in-memory JSON"));
+    if let Some(data) = current {
+        debug_assert_eq!(item.last(), Some(&b'}'));
+        item.pop();
+        // Room for the data before it is copied: a buffer that grew would leave it behind.
+        item.reserve_exact(data.len() + 64);
+        item.extend_from_slice(b",\"current\":{\"data\":");
+        item.extend_from_slice(data);
+        std::io::Write::write_fmt(
+            &mut *item,
+            format_args!(",\"version\":{}}}}}", meta.current_version),
+        )
+        .expect("writing to a Vec cannot fail");
+    }
+    item
 }
 
 /// What all KV mounts of one unsealed server share.
@@ -382,18 +440,32 @@ impl<'a> Kv<'a> {
                 json!({ "data": null, "metadata": metadata }),
             ));
         }
-        let Some(plain) = self.store.get(&self.version_key(path, version)).await? else {
-            return Ok(ReadOutcome::Missing);
+        let inline = meta
+            .current
+            .as_ref()
+            .filter(|current| current.version == version);
+        let item;
+        let data = match inline {
+            Some(current) => current.data.get().as_bytes(),
+            None => {
+                let Some(plain) = self.store.get(&self.version_key(path, version)).await? else {
+                    return Ok(ReadOutcome::Missing);
+                };
+                item = plain;
+                item.bytes.expose()
+            }
         };
-        let data = plain.bytes.expose();
         // Sent as it is, so it must be JSON: a 500 rather than a broken answer (or an audit
-        // line that took a value for a key) should the item ever be something else.
-        serde_json::from_slice::<serde::de::IgnoredAny>(data).map_err(|e| {
-            Error::Internal(format!(
-                "stored secret version is not JSON: {}",
-                crate::error::describe_json_error(&e)
-            ))
-        })?;
+        // line that took a value for a key) should the item ever be something else. (An
+        // inline copy was checked by the metadata's parse.)
+        if inline.is_none() {
+            serde_json::from_slice::<serde::de::IgnoredAny>(data).map_err(|e| {
+                Error::Internal(format!(
+                    "stored secret version is not JSON: {}",
+                    crate::error::describe_json_error(&e)
+                ))
+            })?;
+        }
         let mut metadata_json = Vec::with_capacity(256);
         metadata.write(&mut metadata_json);
         // Sized exactly: a buffer that grew would leave a copy of the values behind unwiped.
@@ -414,10 +486,7 @@ impl<'a> Kv<'a> {
     async fn update<T>(
         &self,
         path: &str,
-        change: impl FnMut(
-            Option<KeyMetadata>,
-            &KvConfig,
-        ) -> Result<Option<(KeyMetadata, Vec<Write>, T)>>,
+        change: impl FnMut(Option<KeyMetadata>, &KvConfig) -> Result<Option<Changed<T>>>,
     ) -> Result<Option<T>> {
         let _queued = self.shared.lock(&self.metadata_key(path)).await;
         let config = &self.config().await?;
@@ -430,12 +499,22 @@ impl<'a> Kv<'a> {
                 .map_or(Precondition::Absent, |(_, v)| Precondition::Version(*v));
             let changed =
                 (change.lock().expect("change lock poisoned"))(stored.map(|(m, _)| m), config)?;
-            let Some((meta, mut writes, result)) = changed else {
+            let Some(Changed {
+                meta,
+                mut writes,
+                current,
+                result,
+            }) = changed
+            else {
                 return Ok(Attempt::Done(None));
             };
             writes.insert(
                 0,
-                Write::put_json(self.metadata_key(path), &meta, precondition),
+                Write::Put {
+                    path: self.metadata_key(path),
+                    value: metadata_item(&meta, current.as_deref().map(Vec::as_slice)),
+                    precondition,
+                },
             );
             settle(self.store.transact(writes).await, Some(result))
         })
@@ -535,6 +614,7 @@ impl<'a> Kv<'a> {
             meta.versions.insert(version, version_meta.clone());
             meta.current_version = version;
             meta.updated_time = at.clone();
+            let current = (bytes.len() <= INLINE_MAX_BYTES).then(|| bytes.clone());
             let mut writes = vec![Write::Put {
                 path: self.version_key(path, version),
                 value: bytes,
@@ -562,7 +642,10 @@ impl<'a> Kv<'a> {
                 meta.oldest_version = meta.versions.keys().next().copied().unwrap_or(0);
             }
             let response = meta.version_json(version, &version_meta);
-            Ok(Some((meta, writes, response)))
+            Ok(Some(Changed {
+                current,
+                ..Changed::new(meta, writes, response)
+            }))
         })
         .await
     }
@@ -580,7 +663,7 @@ impl<'a> Kv<'a> {
                 _ => return Ok(None),
             }
             meta.updated_time = at.clone();
-            Ok(Some((meta, Vec::new(), ())))
+            Ok(Some(Changed::new(meta, Vec::new(), ())))
         })
         .await
         .map(drop)
@@ -626,7 +709,7 @@ impl<'a> Kv<'a> {
                 }
             }
             meta.updated_time = at.clone();
-            Ok(Some((meta, writes, ())))
+            Ok(Some(Changed::new(meta, writes, ())))
         })
         .await
         .map(drop)
@@ -653,7 +736,7 @@ impl<'a> Kv<'a> {
                 meta.custom_metadata = Some(custom.clone());
             }
             meta.updated_time = at.clone();
-            Ok(Some((meta, Vec::new(), ())))
+            Ok(Some(Changed::new(meta, Vec::new(), ())))
         })
         .await
         .map(drop)

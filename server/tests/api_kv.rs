@@ -551,8 +551,15 @@ async fn oversized_values_and_bodies_are_refused_and_nothing_is_stored() {
 #[tokio::test]
 async fn a_stored_version_that_is_not_json_is_a_500_not_a_broken_answer() {
     let s = TestServer::start().await;
-    s.post("/v1/secret/data/odd", ROOT, json!({ "data": { "a": "b" } }))
+    // Version 1 is read from its own item once version 2 is the latest.
+    for value in ["b", "c"] {
+        s.post(
+            "/v1/secret/data/odd",
+            ROOT,
+            json!({ "data": { "a": value } }),
+        )
         .await;
+    }
     let mounts = s.get("/v1/sys/mounts", ROOT).await;
     let uuid = mounts.body["data"]["secret/"]["uuid"].as_str().unwrap();
     let unsealed = s.core.unsealed().unwrap();
@@ -565,7 +572,7 @@ async fn a_stored_version_that_is_not_json_is_a_500_not_a_broken_answer() {
         }])
         .await
         .unwrap();
-    let read = s.get("/v1/secret/data/odd", ROOT).await;
+    let read = s.get("/v1/secret/data/odd?version=1", ROOT).await;
     assert_eq!(read.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(
         read.errors()[0].starts_with("internal error"),
@@ -573,4 +580,105 @@ async fn a_stored_version_that_is_not_json_is_a_500_not_a_broken_answer() {
         read.body
     );
     assert!(!String::from_utf8_lossy(&read.raw).contains("canary"));
+}
+
+/// A write keeps the new version's data in the key's metadata item too, so the latest version
+/// reads from that one item: it reads even with its version item gone. Any other change to the
+/// metadata drops the copy, and reads go back to the version items.
+#[tokio::test]
+async fn the_latest_version_reads_from_the_metadata_item_until_the_metadata_changes() {
+    let s = TestServer::start().await;
+    for value in ["one", "two"] {
+        s.post(
+            "/v1/secret/data/inline",
+            ROOT,
+            json!({ "data": { "v": value } }),
+        )
+        .await;
+    }
+    let mounts = s.get("/v1/sys/mounts", ROOT).await;
+    let uuid = mounts.body["data"]["secret/"]["uuid"].as_str().unwrap();
+    let unsealed = s.core.unsealed().unwrap();
+    let drop_item = |version: u64| {
+        let path = format!("logical/{uuid}/versions/inline/{version}");
+        let store = &unsealed.store;
+        async move {
+            store
+                .write(vec![kinko_server::encrypted::Write::delete(
+                    path,
+                    kinko_server::storage::Precondition::None,
+                )])
+                .await
+                .unwrap()
+        }
+    };
+    drop_item(2).await;
+    let latest = s.get("/v1/secret/data/inline", ROOT).await;
+    assert_eq!(latest.status, StatusCode::OK, "{:?}", latest.body);
+    assert_eq!(latest.body["data"]["data"], json!({ "v": "two" }));
+    assert_eq!(latest.body["data"]["metadata"]["version"], 2);
+    let older = s.get("/v1/secret/data/inline?version=1", ROOT).await;
+    assert_eq!(
+        older.body["data"]["data"],
+        json!({ "v": "one" }),
+        "from its item"
+    );
+    // A metadata-only change drops the copy: the read now needs the (removed) item.
+    s.post(
+        "/v1/secret/metadata/inline",
+        ROOT,
+        json!({ "custom_metadata": { "owner": "a" } }),
+    )
+    .await;
+    let after = s.get("/v1/secret/data/inline", ROOT).await;
+    assert_eq!(after.status, StatusCode::NOT_FOUND, "{:?}", after.body);
+    // The next write keeps a copy again.
+    s.post(
+        "/v1/secret/data/inline",
+        ROOT,
+        json!({ "data": { "v": "three" } }),
+    )
+    .await;
+    drop_item(3).await;
+    let latest = s.get("/v1/secret/data/inline", ROOT).await;
+    assert_eq!(latest.body["data"]["data"], json!({ "v": "three" }));
+    assert_eq!(
+        latest.body["data"]["metadata"]["custom_metadata"],
+        json!({ "owner": "a" })
+    );
+    // Never in a metadata answer.
+    let metadata = s.get("/v1/secret/metadata/inline", ROOT).await;
+    assert!(
+        !metadata.body.to_string().contains("three"),
+        "{:?}",
+        metadata.body
+    );
+    assert!(metadata.body["data"].get("current").is_none());
+}
+
+/// Destroying the latest version removes its data from the metadata item too.
+#[tokio::test]
+async fn destroying_the_latest_version_leaves_no_copy_of_its_data() {
+    let s = TestServer::start().await;
+    s.post(
+        "/v1/secret/data/gone",
+        ROOT,
+        json!({ "data": { "v": "destroy-canary" } }),
+    )
+    .await;
+    s.post("/v1/secret/destroy/gone", ROOT, json!({ "versions": [1] }))
+        .await;
+    let read = s.get("/v1/secret/data/gone", ROOT).await;
+    assert_eq!(read.status, StatusCode::NOT_FOUND);
+    assert!(read.body["data"]["data"].is_null());
+    let mounts = s.get("/v1/sys/mounts", ROOT).await;
+    let uuid = mounts.body["data"]["secret/"]["uuid"].as_str().unwrap();
+    let unsealed = s.core.unsealed().unwrap();
+    let item = unsealed
+        .store
+        .get(&format!("logical/{uuid}/metadata/gone"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(item.bytes.expose()).contains("destroy-canary"));
 }

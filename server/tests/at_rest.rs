@@ -53,61 +53,75 @@ async fn secrets_and_tokens_never_reach_the_disk_in_clear() {
     assert!(!contains(&bytes, seal_hex.as_bytes()));
 }
 
+/// Both items a read decrypts: a version item (an older version is read from its own item) and
+/// the metadata item (which holds a copy of the latest version's data).
 #[tokio::test]
 async fn a_ciphertext_moved_to_another_path_does_not_decrypt() {
     let s = TestServer::start().await;
     s.put_secret("a", ROOT, json!({ "who": "a" })).await;
-    s.put_secret("b", ROOT, json!({ "who": "b" })).await;
+    for who in ["b1", "b2"] {
+        s.put_secret("b", ROOT, json!({ "who": who })).await;
+    }
     let storage = s.core.storage();
     let mount = storage.list("logical/").await.unwrap()[0].clone();
-    let from = format!("logical/{mount}versions/a/1");
-    let to = format!("logical/{mount}versions/b/1");
-    let stolen = storage.get(&from).await.unwrap().unwrap().value;
-    storage
-        .put(&to, stolen, kinko_server::storage::Precondition::None)
-        .await
-        .unwrap();
-    let answer = s.get("/v1/secret/data/b", ROOT).await;
-    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
-    let errors = answer.errors();
-    assert!(
-        errors.len() == 1 && errors[0].starts_with("internal error (request id "),
-        "{errors:?}"
-    );
-    assert!(!String::from_utf8_lossy(&answer.raw).contains("\"a\""));
+    for (item, read) in [("versions/{}/1", "b?version=1"), ("metadata/{}", "b")] {
+        let from = format!("logical/{mount}{}", item.replace("{}", "a"));
+        let to = format!("logical/{mount}{}", item.replace("{}", "b"));
+        let stolen = storage.get(&from).await.unwrap().unwrap().value;
+        storage
+            .put(&to, stolen, kinko_server::storage::Precondition::None)
+            .await
+            .unwrap();
+        let answer = s.get(&format!("/v1/secret/data/{read}"), ROOT).await;
+        assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR, "{item}");
+        let errors = answer.errors();
+        assert!(
+            errors.len() == 1 && errors[0].starts_with("internal error (request id "),
+            "{errors:?}"
+        );
+        assert!(!String::from_utf8_lossy(&answer.raw).contains("\"a\""));
+    }
 }
 
 #[tokio::test]
 async fn tampered_items_are_errors_not_garbage() {
     let s = TestServer::start().await;
-    s.put_secret("t", ROOT, json!({ "v": "value" })).await;
+    for value in ["value-1", "value-2"] {
+        s.put_secret("t", ROOT, json!({ "v": value })).await;
+    }
     let storage = s.core.storage();
     let mount = storage.list("logical/").await.unwrap()[0].clone();
-    let key = format!("logical/{mount}versions/t/1");
-    let mut blob = storage.get(&key).await.unwrap().unwrap().value;
-    let last = blob.len() - 1;
-    blob[last] ^= 1;
-    storage
-        .put(
-            &key,
-            blob.clone(),
-            kinko_server::storage::Precondition::None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        s.get("/v1/secret/data/t", ROOT).await.status,
-        StatusCode::INTERNAL_SERVER_ERROR
-    );
-    blob.truncate(8);
-    storage
-        .put(&key, blob, kinko_server::storage::Precondition::None)
-        .await
-        .unwrap();
-    assert_eq!(
-        s.get("/v1/secret/data/t", ROOT).await.status,
-        StatusCode::INTERNAL_SERVER_ERROR
-    );
+    // Version 1 is read from its item, the latest from the metadata item's copy.
+    for (key, read) in [("versions/t/1", "t?version=1"), ("metadata/t", "t")] {
+        let key = format!("logical/{mount}{key}");
+        let read = format!("/v1/secret/data/{read}");
+        let mut blob = storage.get(&key).await.unwrap().unwrap().value;
+        let last = blob.len() - 1;
+        blob[last] ^= 1;
+        storage
+            .put(
+                &key,
+                blob.clone(),
+                kinko_server::storage::Precondition::None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get(&read, ROOT).await.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{key}"
+        );
+        blob.truncate(8);
+        storage
+            .put(&key, blob, kinko_server::storage::Precondition::None)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get(&read, ROOT).await.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{key}"
+        );
+    }
 }
 
 #[tokio::test]
