@@ -99,9 +99,14 @@ impl SqliteStorage {
             })?;
         writer.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
         // FULL keeps every acknowledged write through power loss; secrets are worth the fsync.
+        // The writer's page cache is its own (`.cargo/config.toml`), sized for the pages a
+        // steady write load walks again and again (the interior pages of growing tables): under
+        // a token-creation load it read 13 pages per request from the file at SQLite's 2 MiB,
+        // 4 at 16 MiB (strace; 10 when all connections shared one cache).
         writer
             .execute_batch(
                 "PRAGMA synchronous = FULL;
+                 PRAGMA cache_size = -16384;
                  PRAGMA wal_autocheckpoint = 0;
                  CREATE TABLE IF NOT EXISTS items (
                      key TEXT PRIMARY KEY NOT NULL,
