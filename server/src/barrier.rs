@@ -21,6 +21,8 @@ pub const FORMAT_VERSION: u8 = 2;
 const VERSION_1: u8 = 1;
 const HEADER_LEN: usize = 4 + 1 + 12;
 const TAG_LEN: usize = 16;
+/// How much longer a stored value is than its plaintext.
+pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 /// NIST SP 800-38D: at most 2^32 random-nonce encryptions per key; we stop well before it.
 pub const TERM_ENCRYPTION_LIMIT: u64 = 1 << 32;
 /// Rotate once this much of a term's budget is reserved, leaving room for in-flight blocks.

@@ -136,6 +136,13 @@ impl EncryptedStorage {
         &self.storage
     }
 
+    /// [`Storage::one_read_value_limit`] for the plaintext written at `path`.
+    pub fn one_read_plaintext_limit(&self, path: &str) -> usize {
+        self.storage
+            .one_read_value_limit(path)
+            .saturating_sub(crate::barrier::OVERHEAD)
+    }
+
     pub fn root_key(&self) -> &Key256 {
         &self.root_key
     }

@@ -22,8 +22,9 @@ use crate::storage::{Precondition, MAX_TRANSACTION_OPS};
 pub const DEFAULT_MAX_VERSIONS: u64 = 10;
 /// Room left in a transaction for the metadata and the new version.
 const PRUNE_PER_WRITE: usize = MAX_TRANSACTION_OPS - 2;
-/// A written version's data up to this size is kept in the key's metadata item too, so a read
-/// of the latest version reads one item, not two (see [`Kv::read`]).
+/// A written version's data is kept in the key's metadata item too, so that a read of the latest
+/// version reads one item, not two ([`Kv::read`]), when the item then stays within what storage
+/// reads at once ([`EncryptedStorage::one_read_plaintext_limit`]: SQLite's leaf) and this.
 const INLINE_MAX_BYTES: usize = 16 * 1024;
 pub const MAX_CUSTOM_METADATA_KEYS: usize = 64;
 
@@ -244,10 +245,15 @@ impl<T> Changed<T> {
 }
 
 /// The stored metadata item: `meta` and, with `current` (the data of `meta.current_version`),
-/// `"current":{"data":…,"version":…}`, which a read takes instead of the version item.
-/// `KeyMetadata` does not read that field back: only [`MetadataView`] does.
-fn metadata_item(meta: &KeyMetadata, current: Option<&[u8]>) -> Zeroizing<Vec<u8>> {
+/// `"current":{"data":…,"version":…}` if the item stays within `limit` bytes; a read takes it
+/// instead of the version item. `KeyMetadata` does not read that field back: only
+/// [`MetadataView`] does.
+fn metadata_item(meta: &KeyMetadata, current: Option<&[u8]>, limit: usize) -> Zeroizing<Vec<u8>> {
     let mut item = Zeroizing::new(serde_json::to_vec(meta).expect("in-memory JSON"));
+    const FRAME: usize = r#","current":{"data":,"version":18446744073709551615}}"#.len();
+    let current = current.filter(|data| {
+        data.len() <= INLINE_MAX_BYTES && item.len() - 1 + FRAME + data.len() <= limit
+    });
     if let Some(data) = current {
         debug_assert_eq!(item.last(), Some(&b'}'));
         item.pop();
@@ -508,11 +514,14 @@ impl<'a> Kv<'a> {
             else {
                 return Ok(Attempt::Done(None));
             };
+            let key = self.metadata_key(path);
+            let limit = self.store.one_read_plaintext_limit(&key);
+            let value = metadata_item(&meta, current.as_deref().map(Vec::as_slice), limit);
             writes.insert(
                 0,
                 Write::Put {
-                    path: self.metadata_key(path),
-                    value: metadata_item(&meta, current.as_deref().map(Vec::as_slice)),
+                    path: key,
+                    value,
                     precondition,
                 },
             );
@@ -615,6 +624,7 @@ impl<'a> Kv<'a> {
             meta.current_version = version;
             meta.updated_time = at.clone();
             let current = (bytes.len() <= INLINE_MAX_BYTES).then(|| bytes.clone());
+            // (Kept in the metadata item only if it fits there: `metadata_item`.)
             let mut writes = vec![Write::Put {
                 path: self.version_key(path, version),
                 value: bytes,

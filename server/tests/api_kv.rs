@@ -646,6 +646,17 @@ async fn the_latest_version_reads_from_the_metadata_item_until_the_metadata_chan
         latest.body["data"]["metadata"]["custom_metadata"],
         json!({ "owner": "a" })
     );
+    // Data too long for the metadata item's leaf (SQLite: ~2 KiB with 8 KiB pages) is read
+    // from its version item only.
+    s.post(
+        "/v1/secret/data/inline",
+        ROOT,
+        json!({ "data": { "v": "x".repeat(3000) } }),
+    )
+    .await;
+    drop_item(4).await;
+    let long = s.get("/v1/secret/data/inline", ROOT).await;
+    assert_eq!(long.status, StatusCode::NOT_FOUND, "{:?}", long.body);
     // Never in a metadata answer.
     let metadata = s.get("/v1/secret/metadata/inline", ROOT).await;
     assert!(

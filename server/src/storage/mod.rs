@@ -91,6 +91,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Short name shown in `sys/seal-status` (`storage_type`).
     fn kind(&self) -> &'static str;
 
+    /// The longest value at `key` that a read gets whole with the item itself (SQLite: without
+    /// an overflow page). Callers that may store extra bytes in an item, to spare a second
+    /// read, stay under it.
+    fn one_read_value_limit(&self, _key: &str) -> usize {
+        MAX_VALUE_BYTES
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Entry>, StorageError>;
 
     /// The immediate children of `prefix`, sorted: `a` for `prefix + "a"`, `b/` when keys exist
