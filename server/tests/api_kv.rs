@@ -646,7 +646,7 @@ async fn the_latest_version_reads_from_the_metadata_item_until_the_metadata_chan
         latest.body["data"]["metadata"]["custom_metadata"],
         json!({ "owner": "a" })
     );
-    // Data too long for the metadata item's leaf (SQLite: ~2 KiB with 8 KiB pages) is read
+    // Data too long for the metadata item's leaf (SQLite: ~1 KiB with 4 KiB pages) is read
     // from its version item only.
     s.post(
         "/v1/secret/data/inline",

@@ -33,12 +33,6 @@ struct WriteRequest {
     done: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
 }
 
-/// The page size of a new database: an 8 KiB leaf keeps a record of up to ~2 KiB in the leaf
-/// itself (a key's metadata with its latest data, see `kv`), where a 4 KiB one (SQLite's
-/// default, which older databases keep) spills past ~1 KiB into an overflow page that every
-/// read and write then touches.
-const NEW_DATABASE_PAGE_SIZE: u32 = 8192;
-
 pub struct SqliteStorage {
     /// Dropped with the storage, which ends the checkpoint thread.
     _stop_checkpoints: std::sync::mpsc::Sender<()>,
@@ -95,11 +89,8 @@ impl SqliteStorage {
         // The first statement takes the process's lock on the file: if another process holds
         // it, say so after a short wait (a restart's old process may still be exiting).
         writer.busy_timeout(LOCK_WAIT).map_err(unavailable)?;
-        // The page size takes effect only on a new database (no table, not yet in WAL mode).
         writer
-            .execute_batch(&format!(
-                "PRAGMA page_size = {NEW_DATABASE_PAGE_SIZE}; PRAGMA journal_mode = WAL"
-            ))
+            .execute_batch("PRAGMA journal_mode = WAL")
             .map_err(|error| match error.sqlite_error_code() {
                 Some(rusqlite::ErrorCode::DatabaseBusy) => StorageError::Unavailable(format!(
                     "sqlite: {} is in use by another process; one kinko server per database \
@@ -546,45 +537,36 @@ mod tests {
         );
     }
 
-    /// A new database gets 8 KiB pages; one made with SQLite's 4 KiB keeps them. A value at
-    /// the limit stays in its leaf; one longer than the leaf's local payload spills into an
-    /// overflow page.
+    /// A value at the limit stays in its leaf; one longer than the leaf's local payload
+    /// spills into an overflow page (which every read and write of it then touches too).
     #[tokio::test]
-    async fn the_one_read_limit_follows_the_page_size() {
-        let overflow_bytes = |path: &Path| -> i64 {
+    async fn a_value_within_the_one_read_limit_stays_in_its_leaf() {
+        let overflow_pages = |path: &Path| -> i64 {
             Connection::open(path)
                 .unwrap()
                 .query_row(
                     "SELECT count(*) FROM dbstat WHERE name = 'items' AND pagetype = 'overflow'",
                     [],
-                    |r| r.get::<_, i64>(0),
+                    |r| r.get(0),
                 )
                 .unwrap()
         };
         let dir = tempfile::tempdir().unwrap();
-        let old = dir.path().join("old.db");
-        Connection::open(&old)
+        let path = dir.path().join("kinko.db");
+        let key = "logical/x/metadata/k";
+        let limit = SqliteStorage::open(&path)
             .unwrap()
-            .execute_batch("CREATE TABLE t (x); DROP TABLE t;")
-            .unwrap();
-        for (path, pages) in [(dir.path().join("new.db"), 2030..2100), (old, 1000..1010)] {
-            let key = "logical/x/metadata/k";
-            let limit = SqliteStorage::open(&path)
-                .unwrap()
-                .one_read_value_limit(key);
-            assert!(pages.contains(&(limit + key.len() + 16)), "{limit}");
-            // The limit leaves room for the largest record header and version; past the
-            // leaf's local payload, a value spills.
-            let max_local = limit + key.len() + 16;
-            for (len, spills) in [(limit, false), (max_local + 1, true)] {
-                let storage = SqliteStorage::open(&path).unwrap();
-                storage
-                    .put(key, vec![7; len], Precondition::None)
-                    .await
-                    .unwrap();
-                drop(storage);
-                assert_eq!(overflow_bytes(&path) > 0, spills, "{len} bytes at {path:?}");
-            }
+            .one_read_value_limit(key);
+        // 4 KiB pages: an index b-tree cell keeps 1002 bytes of payload locally.
+        assert_eq!(limit + key.len() + 16, 1002);
+        for (len, spills) in [(limit, false), (1002 + 1, true)] {
+            let storage = SqliteStorage::open(&path).unwrap();
+            storage
+                .put(key, vec![7; len], Precondition::None)
+                .await
+                .unwrap();
+            drop(storage);
+            assert_eq!(overflow_pages(&path) > 0, spills, "{len} bytes");
         }
     }
 
@@ -681,7 +663,7 @@ mod tests {
             assert!(reader.await.unwrap() > 0, "the readers ran");
         }
         // One group's frames may land past twice the limit before the writer waits it out.
-        let one_group = 16 * 2 * (NEW_DATABASE_PAGE_SIZE as u64 + 24);
+        let one_group = 16 * 2 * 4120;
         assert!(
             largest <= 2 * LIMIT + one_group,
             "the WAL reached {largest} bytes, past its limit of {LIMIT}"
