@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use super::item_cache::{ItemCache, Lookup};
 use super::{validate_transaction, Entry, Op, Precondition, Storage, StorageError};
 
 const READERS: usize = 4;
@@ -27,13 +28,35 @@ const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// load some reader is always on the WAL, so SQLite never starts it over by itself and it grows
 /// without bound (8.5 GB during bench/scale.sh's fill, before this limit).
 const WAL_LIMIT_BYTES: u64 = 64 << 20;
+/// Items kept in memory as stored ([`ItemCache`]): exact, because this process is the only
+/// writer of the file (`unix-excl`).
+const ITEM_CACHE_BYTES: usize = 4 << 20;
 
 struct WriteRequest {
     ops: Vec<Op>,
     done: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
 }
 
+/// A handle on one database file. Every handle on one file in this process shares one
+/// [`Database`] (one writer thread, one reader pool, one item cache): that, with `unix-excl`
+/// keeping other processes out, is what makes the item cache exact even where several cores of
+/// one process open the same file (the multi-replica tests).
 pub struct SqliteStorage {
+    db: Arc<Database>,
+}
+
+impl std::ops::Deref for SqliteStorage {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+/// The databases open in this process, by canonical path.
+static OPEN: Mutex<Vec<(PathBuf, std::sync::Weak<Database>)>> = Mutex::new(Vec::new());
+
+pub struct Database {
     /// Dropped with the storage, which ends the checkpoint thread.
     _stop_checkpoints: std::sync::mpsc::Sender<()>,
     writes: std::sync::mpsc::Sender<WriteRequest>,
@@ -41,6 +64,7 @@ pub struct SqliteStorage {
     path: PathBuf,
     /// The database's page size (fixed when it was created).
     page_size: usize,
+    items: Arc<ItemCache>,
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StorageError {
@@ -73,15 +97,43 @@ fn open_reader(path: &Path) -> Result<Connection, StorageError> {
 }
 
 impl SqliteStorage {
-    /// Opens (creating if needed, mode 0600) the database file.
+    /// Opens (creating if needed, mode 0600) the database file, or shares this process's open
+    /// database of that file.
     pub fn open(path: &Path) -> Result<SqliteStorage, StorageError> {
-        SqliteStorage::open_with_wal_limit(path, WAL_LIMIT_BYTES)
+        SqliteStorage::open_with(path, WAL_LIMIT_BYTES, ITEM_CACHE_BYTES)
     }
 
-    fn open_with_wal_limit(path: &Path, wal_limit: u64) -> Result<SqliteStorage, StorageError> {
+    fn open_with(
+        path: &Path,
+        wal_limit: u64,
+        item_cache_bytes: usize,
+    ) -> Result<SqliteStorage, StorageError> {
         // Created 0600 before SQLite opens it; SQLite gives its -wal file the database file's
         // mode, so it is private from its first byte too.
         create_private_file(path)?;
+        let canonical = std::fs::canonicalize(path)
+            .map_err(|e| unavailable(format!("cannot resolve {}: {e}", path.display())))?;
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|(_, db)| db.strong_count() > 0);
+        if let Some(db) = open
+            .iter()
+            .find(|(open_path, _)| *open_path == canonical)
+            .and_then(|(_, db)| db.upgrade())
+        {
+            return Ok(SqliteStorage { db });
+        }
+        let db = Arc::new(Database::open(path, wal_limit, item_cache_bytes)?);
+        open.push((canonical, Arc::downgrade(&db)));
+        Ok(SqliteStorage { db })
+    }
+}
+
+impl Database {
+    fn open(
+        path: &Path,
+        wal_limit: u64,
+        item_cache_bytes: usize,
+    ) -> Result<Database, StorageError> {
         let writer = open(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
@@ -129,11 +181,13 @@ impl SqliteStorage {
             .map(|_| open_reader(path))
             .collect::<Result<Vec<_>, _>>()?;
         let (writes, queue) = std::sync::mpsc::channel();
+        let items = Arc::new(ItemCache::new(item_cache_bytes));
         std::thread::Builder::new()
             .name("kinko-sqlite-writer".into())
             .spawn({
                 let wal = WalFile::new(path, wal_limit);
-                move || write_loop(writer, queue, wal)
+                let items = items.clone();
+                move || write_loop(writer, queue, wal, &items)
             })
             .map_err(unavailable)?;
         let checkpointer = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
@@ -142,12 +196,13 @@ impl SqliteStorage {
             .name("kinko-sqlite-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpointer, stopped))
             .map_err(unavailable)?;
-        Ok(SqliteStorage {
+        Ok(Database {
             _stop_checkpoints: stop_checkpoints,
             writes,
             readers: Arc::new(Mutex::new(readers)),
             path: path.to_owned(),
             page_size: page_size as usize,
+            items,
         })
     }
 
@@ -223,20 +278,30 @@ impl Storage for SqliteStorage {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
-        self.read(|c| {
-            c.prepare_cached("SELECT value, version FROM items WHERE key = ?1")
-                .and_then(|mut s| {
-                    s.query_row(params![key], |row| {
-                        Ok(Entry {
-                            value: row.get(0)?,
-                            version: row.get::<_, i64>(1)? as u64,
+        let ticket = match self.items.get(key) {
+            Lookup::Present(entry) => return Ok(Some(entry)),
+            Lookup::Deleted => return Ok(None),
+            Lookup::Unknown(ticket) => ticket,
+        };
+        let found = self
+            .read(|c| {
+                c.prepare_cached("SELECT value, version FROM items WHERE key = ?1")
+                    .and_then(|mut s| {
+                        s.query_row(params![key], |row| {
+                            Ok(Entry {
+                                value: row.get(0)?,
+                                version: row.get::<_, i64>(1)? as u64,
+                            })
                         })
+                        .optional()
                     })
-                    .optional()
-                })
-                .map_err(unavailable)
-        })
-        .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        if let Some(entry) = &found {
+            self.items.read(ticket, key, entry);
+        }
+        Ok(found)
     }
 
     /// Reads the folder's own keys and one key of each sub-folder: past a sub-folder's first
@@ -362,6 +427,7 @@ fn write_loop(
     mut connection: Connection,
     queue: std::sync::mpsc::Receiver<WriteRequest>,
     wal: WalFile,
+    items: &ItemCache,
 ) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
@@ -371,18 +437,48 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        let keys = || {
+            group
+                .iter()
+                .flat_map(|request| request.ops.iter().map(Op::key))
+        };
+        items.pending(keys());
         let results = commit_group(&mut connection, &group);
-        for (request, result) in group.into_iter().zip(results) {
-            let _ = request.done.send(result);
+        // Each key's state after the whole group, settled once: reads see the group's
+        // outcome, never a state between two of its transactions.
+        let mut settled: std::collections::HashMap<&str, Option<Change>> =
+            keys().map(|key| (key, None)).collect();
+        for changes in results.iter().flatten() {
+            for change in changes {
+                settled.insert(change.key, Some(*change));
+            }
+        }
+        for (key, change) in settled {
+            items.settle(key, change.map(|c| (c.version, c.value)));
+        }
+        let outcomes: Vec<_> = results.into_iter().map(|r| r.map(drop)).collect();
+        for (request, outcome) in group.into_iter().zip(outcomes) {
+            // The receiver may be gone (the request timed out): the write stands either way.
+            let _ = request.done.send(outcome);
         }
         wal.truncate_if_too_large(&connection);
     }
 }
 
-fn commit_group(
+/// What a committed op did to its key: its new version, and its value (`None`: deleted, the
+/// version being its last).
+#[derive(Clone, Copy)]
+struct Change<'a> {
+    key: &'a str,
+    version: u64,
+    value: Option<&'a [u8]>,
+}
+
+/// Each request's outcome, with what it changed if it was applied.
+fn commit_group<'g>(
     connection: &mut Connection,
-    group: &[WriteRequest],
-) -> Vec<Result<(), StorageError>> {
+    group: &'g [WriteRequest],
+) -> Vec<Result<Vec<Change<'g>>, StorageError>> {
     let all_fail =
         |error: rusqlite::Error| group.iter().map(|_| Err(unavailable(&error))).collect();
     let mut tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
@@ -392,8 +488,9 @@ fn commit_group(
     let mut results = Vec::with_capacity(group.len());
     for request in group {
         let result = tx.savepoint().map_err(unavailable).and_then(|savepoint| {
-            apply(&savepoint, &request.ops)?;
-            savepoint.commit().map_err(unavailable)
+            let changes = apply(&savepoint, &request.ops)?;
+            savepoint.commit().map_err(unavailable)?;
+            Ok(changes)
         });
         // A savepoint dropped without commit rolls back only its own transaction.
         results.push(result);
@@ -405,7 +502,8 @@ fn commit_group(
 }
 
 /// Checks each precondition and applies the ops, inside the caller's savepoint.
-fn apply(connection: &Connection, ops: &[Op]) -> Result<(), StorageError> {
+fn apply<'o>(connection: &Connection, ops: &'o [Op]) -> Result<Vec<Change<'o>>, StorageError> {
+    let mut changes = Vec::with_capacity(ops.len());
     for op in ops {
         let key = op.key();
         let current: Option<i64> = connection
@@ -437,26 +535,37 @@ fn apply(connection: &Connection, ops: &[Op]) -> Result<(), StorageError> {
                         "INSERT OR REPLACE INTO items (key, value, version) VALUES (?1, ?2, ?3)",
                     )
                     .and_then(|mut s| s.execute(params![key, value, last + 1]))
-                    .map_err(unavailable)?
+                    .map_err(unavailable)?;
+                changes.push(Change {
+                    key,
+                    version: (last + 1) as u64,
+                    value: Some(value),
+                });
             }
-            Op::Delete { key, .. } => match current {
-                None => 0,
-                Some(version) => connection
-                    .prepare_cached("DELETE FROM items WHERE key = ?1")
-                    .and_then(|mut s| s.execute(params![key]))
-                    .and_then(|_| {
-                        connection
-                            .prepare_cached(
-                                "INSERT OR REPLACE INTO tombstones (key, version) VALUES (?1, ?2)",
-                            )
-                            .and_then(|mut s| s.execute(params![key, version]))
-                    })
-                    .map_err(unavailable)?,
-            },
-            Op::Check { .. } => 0,
-        };
+            Op::Delete { key, .. } => {
+                if let Some(version) = current {
+                    connection
+                        .prepare_cached("DELETE FROM items WHERE key = ?1")
+                        .and_then(|mut s| s.execute(params![key]))
+                        .and_then(|_| {
+                            connection
+                                .prepare_cached(
+                                    "INSERT OR REPLACE INTO tombstones (key, version) VALUES (?1, ?2)",
+                                )
+                                .and_then(|mut s| s.execute(params![key, version]))
+                        })
+                        .map_err(unavailable)?;
+                    changes.push(Change {
+                        key,
+                        version: version as u64,
+                        value: None,
+                    });
+                }
+            }
+            Op::Check { .. } => {}
+        }
     }
-    Ok(())
+    Ok(changes)
 }
 
 #[cfg(test)]
@@ -570,6 +679,89 @@ mod tests {
         }
     }
 
+    /// The item cache against SQLite itself, under racing readers and writers and a budget so
+    /// small that it keeps starting over: every acknowledged write is what its writer reads
+    /// next, no reader ever sees a key go back to an older version, and at the end every key
+    /// reads as SQLite has it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn cached_items_are_exactly_what_sqlite_holds_while_writes_race_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kinko.db");
+        let storage = Arc::new(SqliteStorage::open_with(&path, WAL_LIMIT_BYTES, 4096).unwrap());
+        let keys: Vec<String> = (0..4).map(|k| format!("k/{k}")).collect();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (storage, stop, keys) = (storage.clone(), stop.clone(), keys.clone());
+                tokio::spawn(async move {
+                    let mut seen = vec![0u64; keys.len()];
+                    let mut reads = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for (i, key) in keys.iter().enumerate() {
+                            if let Some(entry) = storage.get(key).await.unwrap() {
+                                assert!(entry.version >= seen[i], "{key} went back in time");
+                                assert_eq!(entry.value, entry.version.to_be_bytes());
+                                seen[i] = entry.version;
+                            }
+                            reads += 1;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        let writers: Vec<_> = keys
+            .iter()
+            .cloned()
+            .map(|key| {
+                let storage = storage.clone();
+                tokio::spawn(async move {
+                    for round in 1..=150u64 {
+                        if round % 10 == 0 {
+                            storage.delete(&key).await.unwrap();
+                            assert_eq!(storage.get(&key).await.unwrap(), None, "{key} deleted");
+                            continue;
+                        }
+                        // A value that names its own version (versions go on past a delete).
+                        let next = storage.get(&key).await.unwrap().map_or(0, |e| e.version);
+                        let next = if next == 0 {
+                            round - round / 10
+                        } else {
+                            next + 1
+                        };
+                        storage
+                            .put(&key, next.to_be_bytes().to_vec(), Precondition::None)
+                            .await
+                            .unwrap();
+                        let read = storage.get(&key).await.unwrap().expect("just written");
+                        assert_eq!(read.version, next, "{key}: read your write");
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for reader in readers {
+            assert!(reader.await.unwrap() > 0);
+        }
+        let direct = Connection::open(&path).unwrap();
+        for key in &keys {
+            let stored: Option<(Vec<u8>, i64)> = direct
+                .query_row(
+                    "SELECT value, version FROM items WHERE key = ?1",
+                    params![key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .unwrap();
+            let cached = storage.get(key).await.unwrap();
+            assert_eq!(cached.map(|e| (e.value, e.version as i64)), stored, "{key}");
+        }
+    }
+
     #[tokio::test]
     async fn data_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -613,7 +805,7 @@ mod tests {
         const LIMIT: u64 = 256 << 10;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kinko.db");
-        let storage = Arc::new(SqliteStorage::open_with_wal_limit(&path, LIMIT).unwrap());
+        let storage = Arc::new(SqliteStorage::open_with(&path, LIMIT, ITEM_CACHE_BYTES).unwrap());
         let wal = WalFile::new(&path, LIMIT).path;
         for i in 0..20 {
             let key = format!("folder/{i}");
