@@ -31,6 +31,10 @@ impl Storage for FlakyStorage {
         "sqlite"
     }
 
+    fn one_read_value_limit(&self, key: &str) -> usize {
+        self.inner.one_read_value_limit(key)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
         if self.fail_reads.load(Ordering::SeqCst) {
             return Err(StorageError::Unavailable(

@@ -439,6 +439,14 @@ impl Storage for DynamoStorage {
         "dynamodb"
     }
 
+    /// A copy kept in an item spares a second `GetItem`, a network round trip of its own (about
+    /// half of a KV read's latency on DynamoDB). Up to 3 KiB, a young key's metadata item with
+    /// its copy stays within one 4 KB read unit; each write pays up to three more 1 KB write
+    /// units for it, and reads outnumber writes.
+    fn one_read_value_limit(&self, _key: &str) -> usize {
+        3 * 1024
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
         let (dir, name) = split(key);
         if name.is_empty() || name.len() > MAX_NAME_BYTES {

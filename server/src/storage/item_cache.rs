@@ -4,26 +4,30 @@
 //!
 //! It is exact, not a staleness bound:
 //! - the writer marks the keys of a transaction pending before it commits (reads of them go to
-//!   storage meanwhile, and keep nothing), and puts what it committed here before it answers;
+//!   storage meanwhile, and keep nothing), and settles them before it answers: with what it
+//!   committed, or back to what they were if the commit left them as they were;
 //! - an entry is replaced by a read only with a higher version of its key. Versions never repeat
 //!   (a delete is remembered with its last version), so a read that raced a write cannot put back
 //!   what the write replaced;
-//! - a read that raced an eviction keeps nothing.
+//! - an entry leaves the cache only when the cache starts over, which begins a new generation:
+//!   a read whose ticket is from an older one keeps nothing (it could be older than a write whose
+//!   entry went).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use super::Entry;
 
-/// What an entry costs beyond its key and value (map slot, `Arc` header, version).
+/// What an entry costs beyond its key and value (map slot, box header, version).
 const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// The largest value kept: a few large items would otherwise make the cache start over often.
+const MAX_KEPT_VALUE_BYTES: usize = 16 * 1024;
 
 pub struct ItemCache {
     state: RwLock<State>,
-    /// Bumped by every eviction: a read started before one must not insert after it (it could
-    /// be older than a write whose entry the eviction dropped).
-    evictions: AtomicU64,
+    /// Bumped each time the cache starts over (see the module's rules).
+    generation: AtomicU64,
     budget_bytes: usize,
 }
 
@@ -36,28 +40,31 @@ struct State {
 struct Cached {
     version: u64,
     value: Kept,
+    /// Being written: reads go to storage and keep nothing, and the entry is what the key was
+    /// before the write, to go back to if the write leaves it unchanged.
+    pending: bool,
 }
 
 enum Kept {
-    Value(Arc<[u8]>),
+    Value(Box<[u8]>),
     /// Deleted, its last version being the entry's.
     Deleted,
     /// Present at the entry's version, too large to keep: only the version is remembered, so
     /// that an older read cannot be kept in its place.
     TooLarge,
-    /// Being written (its version is `u64::MAX`, which no read can replace).
-    Pending,
+    /// Nothing known: only a pending key that was not cached has it.
+    Unknown,
 }
 
 /// What the cache knows of a key.
 pub enum Lookup {
     Present(Entry),
     Deleted,
-    /// Not cached: read storage, taking [`Lookup::Unknown`]'s ticket to [`ItemCache::read`].
+    /// Not cached: read storage, taking [`Lookup::Unknown`]'s ticket to [`ItemCache::keep_read`].
     Unknown(Ticket),
 }
 
-/// Taken before a storage read whose result may be cached.
+/// Taken before a storage read whose result may be kept.
 pub struct Ticket(u64);
 
 impl ItemCache {
@@ -65,82 +72,127 @@ impl ItemCache {
     pub fn new(budget_bytes: usize) -> ItemCache {
         ItemCache {
             state: RwLock::default(),
-            evictions: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             budget_bytes,
         }
     }
 
+    /// How many times it started over.
+    #[cfg(test)]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     pub fn get(&self, key: &str) -> Lookup {
-        // The ticket is taken first: an eviction after it makes the later insert a no-op.
-        let ticket = Ticket(self.evictions.load(Ordering::Acquire));
+        // The ticket is taken first: starting over after it makes the later keep a no-op.
+        let ticket = Ticket(self.generation.load(Ordering::Acquire));
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        match state
-            .entries
-            .get(key)
-            .map(|cached| (cached.version, &cached.value))
-        {
-            Some((version, Kept::Value(value))) => Lookup::Present(Entry {
-                value: value.to_vec(),
+        match state.entries.get(key) {
+            Some(Cached {
                 version,
+                value: Kept::Value(value),
+                pending: false,
+            }) => Lookup::Present(Entry {
+                value: value.to_vec(),
+                version: *version,
             }),
-            Some((_, Kept::Deleted)) => Lookup::Deleted,
-            Some((_, Kept::TooLarge | Kept::Pending)) | None => Lookup::Unknown(ticket),
+            Some(Cached {
+                value: Kept::Deleted,
+                pending: false,
+                ..
+            }) => Lookup::Deleted,
+            _ => Lookup::Unknown(ticket),
         }
     }
 
-    /// Keeps what a storage read found (taken after [`ItemCache::get`] gave `ticket`).
-    pub fn read(&self, ticket: Ticket, key: &str, entry: &Entry) {
+    /// Keeps what a storage read found, unless something it may be older than happened since
+    /// [`ItemCache::get`] gave `ticket`.
+    pub fn keep_read(&self, ticket: Ticket, key: &str, entry: &Entry) {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if self.evictions.load(Ordering::Acquire) == ticket.0 {
-            let value = self.kept(Some(&entry.value));
-            self.insert(&mut state, key, entry.version, value);
+        if self.generation.load(Ordering::Acquire) != ticket.0 {
+            return;
         }
+        if let Some(cached) = state.entries.get(key) {
+            if cached.pending || cached.version >= entry.version {
+                return;
+            }
+        }
+        let value = self.kept(Some(&entry.value));
+        self.insert(&mut state, key, entry.version, value, false);
     }
 
     /// Marks keys about to be written (before the commit).
     pub fn pending<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         for key in keys {
-            self.insert(&mut state, key, u64::MAX, Kept::Pending);
+            match state.entries.get_mut(key) {
+                Some(cached) => cached.pending = true,
+                None => self.insert(&mut state, key, 0, Kept::Unknown, true),
+            }
         }
     }
 
     /// Settles a key marked pending once the commit is known: `Some((version, value))` for a
     /// committed put (`Some(value)`) or delete (`None`, `version` being its last one), `None` for
-    /// a key the commit did not change.
+    /// a key the commit left as it was.
     pub fn settle(&self, key: &str, committed: Option<(u64, Option<&[u8]>)>) {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = state.entries.remove(key) {
-            state.bytes -= key.len() + old.value.size();
-        }
-        if let Some((version, value)) = committed {
-            let value = self.kept(value);
-            self.insert(&mut state, key, version, value);
+        match committed {
+            Some((version, value)) => {
+                if let Some(old) = state.entries.remove(key) {
+                    state.bytes -= key.len() + old.value.size();
+                }
+                let value = self.kept(value);
+                self.insert(&mut state, key, version, value, false);
+            }
+            None => match state.entries.get_mut(key) {
+                Some(Cached {
+                    value: Kept::Unknown,
+                    ..
+                }) => {
+                    // Nothing was known before: a read that started before the write, and
+                    // was kept out while it was pending, may keep what it finds after it.
+                    let old = state.entries.remove(key).expect("just found");
+                    state.bytes -= key.len() + old.value.size();
+                }
+                Some(cached) => cached.pending = false,
+                None => {}
+            },
         }
     }
 
     fn kept(&self, value: Option<&[u8]>) -> Kept {
         match value {
             None => Kept::Deleted,
-            Some(value) if value.len() > self.budget_bytes / 8 => Kept::TooLarge,
-            Some(value) => Kept::Value(Arc::from(value)),
+            Some(value) if value.len() > MAX_KEPT_VALUE_BYTES.min(self.budget_bytes / 8) => {
+                Kept::TooLarge
+            }
+            Some(value) => Kept::Value(value.into()),
         }
     }
 
-    fn insert(&self, state: &mut State, key: &str, version: u64, value: Kept) {
-        if let Some(cached) = state.entries.get(key) {
-            if cached.version >= version {
-                return;
-            }
-        }
+    fn insert(&self, state: &mut State, key: &str, version: u64, value: Kept, pending: bool) {
         let size = key.len() + value.size();
         if state.bytes + size > self.budget_bytes {
-            // Bounded simply: start over. A hot key is back after its next read.
-            self.evictions.fetch_add(1, Ordering::AcqRel);
-            state.entries.clear();
+            // Bounded simply: start over. A hot key is back after its next read. Pending keys
+            // stay marked (a read during their write still keeps nothing), knowing nothing.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            state.entries.retain(|_, cached| cached.pending);
             state.bytes = 0;
+            for (key, cached) in &mut state.entries {
+                cached.value = Kept::Unknown;
+                cached.version = 0;
+                state.bytes += key.len() + cached.value.size();
+            }
         }
-        let replaced = state.entries.insert(key.into(), Cached { version, value });
+        let replaced = state.entries.insert(
+            key.into(),
+            Cached {
+                version,
+                value,
+                pending,
+            },
+        );
         state.bytes += size;
         if let Some(old) = replaced {
             state.bytes -= key.len() + old.value.size();
@@ -154,7 +206,7 @@ impl Kept {
         ENTRY_OVERHEAD_BYTES
             + match self {
                 Kept::Value(value) => value.len(),
-                Kept::Deleted | Kept::TooLarge | Kept::Pending => 0,
+                Kept::Deleted | Kept::TooLarge | Kept::Unknown => 0,
             }
     }
 }
@@ -183,23 +235,28 @@ mod tests {
         }
     }
 
+    fn present(cache: &ItemCache, key: &str) -> Option<(Vec<u8>, u64)> {
+        match cache.get(key) {
+            Lookup::Present(e) => Some((e.value, e.version)),
+            _ => None,
+        }
+    }
+
     #[test]
     fn a_read_older_than_a_write_does_not_replace_it() {
         let cache = ItemCache::new(1 << 20);
         let stale_read = ticket(&cache, "k");
         written(&cache, "k", 6, Some(b"six"));
-        cache.read(stale_read, "k", &entry(b"five", 5));
-        assert!(
-            matches!(cache.get("k"), Lookup::Present(e) if e.version == 6 && e.value == b"six")
-        );
+        cache.keep_read(stale_read, "k", &entry(b"five", 5));
+        assert_eq!(present(&cache, "k"), Some((b"six".to_vec(), 6)));
         // A delete is remembered with its version: the older read cannot bring the key back.
         let stale_read = Ticket(0);
         written(&cache, "k", 6, None);
         written(&cache, "k", 7, None);
-        cache.read(stale_read, "k", &entry(b"six", 6));
+        cache.keep_read(stale_read, "k", &entry(b"six", 6));
         assert!(matches!(cache.get("k"), Lookup::Deleted));
         written(&cache, "k", 8, Some(b"again"));
-        assert!(matches!(cache.get("k"), Lookup::Present(e) if e.version == 8));
+        assert_eq!(present(&cache, "k"), Some((b"again".to_vec(), 8)));
     }
 
     #[test]
@@ -209,18 +266,35 @@ mod tests {
         cache.pending(["k"]);
         // A read during the write goes to storage; what it finds (old or new) is not kept.
         let during = ticket(&cache, "k");
-        cache.read(during, "k", &entry(b"five", 5));
+        cache.keep_read(during, "k", &entry(b"five", 5));
         assert!(matches!(cache.get("k"), Lookup::Unknown(_)));
         cache.settle("k", Some((6, Some(b"six"))));
-        assert!(matches!(cache.get("k"), Lookup::Present(e) if e.version == 6));
-        // A transaction that failed changes nothing: the key is simply not cached.
+        assert_eq!(present(&cache, "k"), Some((b"six".to_vec(), 6)));
+    }
+
+    /// A transaction that left a key as it was (a check, a failed precondition, a failed
+    /// commit) puts its entry back as it was: forgetting it instead would let a read older than
+    /// the entry keep what it found.
+    #[test]
+    fn a_write_that_changed_nothing_leaves_the_entry_as_it_was() {
+        let cache = ItemCache::new(1 << 20);
+        let stale_read = ticket(&cache, "k");
+        written(&cache, "k", 6, Some(b"six"));
         cache.pending(["k"]);
         cache.settle("k", None);
-        assert!(matches!(cache.get("k"), Lookup::Unknown(_)));
+        cache.keep_read(stale_read, "k", &entry(b"five", 5));
+        assert_eq!(present(&cache, "k"), Some((b"six".to_vec(), 6)));
+        // Not cached before: not cached after, and a read then keeps what it finds.
+        cache.pending(["other"]);
+        let during = ticket(&cache, "other");
+        cache.settle("other", None);
+        assert!(matches!(cache.get("other"), Lookup::Unknown(_)));
+        cache.keep_read(during, "other", &entry(b"one", 1));
+        assert_eq!(present(&cache, "other"), Some((b"one".to_vec(), 1)));
     }
 
     #[test]
-    fn a_read_that_raced_an_eviction_is_not_kept() {
+    fn a_read_that_raced_a_start_over_is_not_kept() {
         let cache = ItemCache::new(64 * 1024);
         let before = ticket(&cache, "k");
         // Filling past the budget starts over, forgetting "k"'s newer write with the rest.
@@ -228,8 +302,23 @@ mod tests {
         for i in 0..2000 {
             written(&cache, &format!("other-{i}"), 1, Some(&[0; 32]));
         }
-        cache.read(before, "k", &entry(b"old", 3));
+        cache.keep_read(before, "k", &entry(b"old", 3));
         assert!(matches!(cache.get("k"), Lookup::Unknown(_)));
+    }
+
+    #[test]
+    fn a_pending_key_stays_pending_when_the_cache_starts_over() {
+        let cache = ItemCache::new(4096);
+        written(&cache, "k", 5, Some(b"five"));
+        cache.pending(["k"]);
+        for i in 0..200 {
+            written(&cache, &format!("other-{i}"), 1, Some(&[0; 32]));
+        }
+        let during = ticket(&cache, "k");
+        cache.keep_read(during, "k", &entry(b"five", 5));
+        assert!(matches!(cache.get("k"), Lookup::Unknown(_)));
+        cache.settle("k", Some((6, Some(b"six"))));
+        assert_eq!(present(&cache, "k"), Some((b"six".to_vec(), 6)));
     }
 
     #[test]
@@ -242,9 +331,9 @@ mod tests {
         }
         // Too large to keep: its version is, so an older read is not kept in its place.
         let stale_read = ticket(&cache, "big");
-        written(&cache, "big", 2, Some(&vec![0; 64 * 1024]));
+        written(&cache, "big", 2, Some(&vec![0; 8 * 1024 + 1]));
         assert!(matches!(cache.get("big"), Lookup::Unknown(_)));
-        cache.read(stale_read, "big", &entry(b"small and old", 1));
+        cache.keep_read(stale_read, "big", &entry(b"small and old", 1));
         assert!(matches!(cache.get("big"), Lookup::Unknown(_)));
     }
 }

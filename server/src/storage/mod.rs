@@ -92,11 +92,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Short name shown in `sys/seal-status` (`storage_type`).
     fn kind(&self) -> &'static str;
 
-    /// The longest value at `key` that a read gets whole with the item itself (SQLite: without
+    /// The longest value at `key` that a read gets as cheaply as a small one (SQLite: without
     /// an overflow page). Callers that may store extra bytes in an item, to spare a second
-    /// read, stay under it.
+    /// read, stay under it; a backend that does not say keeps no such copies.
     fn one_read_value_limit(&self, _key: &str) -> usize {
-        MAX_VALUE_BYTES
+        0
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, StorageError>;

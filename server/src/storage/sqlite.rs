@@ -39,32 +39,55 @@ struct WriteRequest {
 
 /// A handle on one database file. Every handle on one file in this process shares one
 /// [`Database`] (one writer thread, one reader pool, one item cache): that, with `unix-excl`
-/// keeping other processes out, is what makes the item cache exact even where several cores of
-/// one process open the same file (the multi-replica tests).
+/// keeping other processes out, is what keeps the item cache exact where one process opens the
+/// same file more than once (the tests that run several replicas on one database).
 pub struct SqliteStorage {
     db: Arc<Database>,
 }
 
-impl std::ops::Deref for SqliteStorage {
-    type Target = Database;
+/// The databases open in this process, by the file's identity (device and inode: a symlink or
+/// a second path to the file is the same database). An open file's inode cannot be reused.
+static OPEN: Mutex<Vec<(FileId, std::sync::Weak<Database>)>> = Mutex::new(Vec::new());
 
-    fn deref(&self) -> &Database {
-        &self.db
-    }
+type FileId = (u64, u64);
+
+/// The identity of the file at `path`, if there is one. It stats, never opens, the file: closing
+/// a descriptor of a locked database file would drop this process's lock on it.
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// The databases open in this process, by canonical path.
-static OPEN: Mutex<Vec<(PathBuf, std::sync::Weak<Database>)>> = Mutex::new(Vec::new());
+#[cfg(not(unix))]
+fn file_id(_: &Path) -> Option<FileId> {
+    None
+}
 
-pub struct Database {
-    /// Dropped with the storage, which ends the checkpoint thread.
+struct Database {
+    /// Dropped first when the database closes: it ends the writer's queue.
+    writes: Option<std::sync::mpsc::Sender<WriteRequest>>,
+    /// Joined when the database closes, so that no write queued before (whose caller gave up
+    /// waiting) commits after the file is opened again with a new item cache.
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// Dropped with the database, which ends the checkpoint thread.
     _stop_checkpoints: std::sync::mpsc::Sender<()>,
-    writes: std::sync::mpsc::Sender<WriteRequest>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
     /// The database's page size (fixed when it was created).
     page_size: usize,
     items: Arc<ItemCache>,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        drop(self.writes.take());
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!("the sqlite writer thread panicked");
+            }
+        }
+    }
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StorageError {
@@ -108,22 +131,24 @@ impl SqliteStorage {
         wal_limit: u64,
         item_cache_bytes: usize,
     ) -> Result<SqliteStorage, StorageError> {
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|(_, db)| db.strong_count() > 0);
+        if let Some(id) = file_id(path) {
+            if let Some(db) = open
+                .iter()
+                .find(|(open_id, _)| *open_id == id)
+                .and_then(|(_, db)| db.upgrade())
+            {
+                return Ok(SqliteStorage { db });
+            }
+        }
         // Created 0600 before SQLite opens it; SQLite gives its -wal file the database file's
         // mode, so it is private from its first byte too.
         create_private_file(path)?;
-        let canonical = std::fs::canonicalize(path)
-            .map_err(|e| unavailable(format!("cannot resolve {}: {e}", path.display())))?;
-        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
-        open.retain(|(_, db)| db.strong_count() > 0);
-        if let Some(db) = open
-            .iter()
-            .find(|(open_path, _)| *open_path == canonical)
-            .and_then(|(_, db)| db.upgrade())
-        {
-            return Ok(SqliteStorage { db });
-        }
         let db = Arc::new(Database::open(path, wal_limit, item_cache_bytes)?);
-        open.push((canonical, Arc::downgrade(&db)));
+        if let Some(id) = file_id(path) {
+            open.push((id, Arc::downgrade(&db)));
+        }
         Ok(SqliteStorage { db })
     }
 }
@@ -182,7 +207,7 @@ impl Database {
             .collect::<Result<Vec<_>, _>>()?;
         let (writes, queue) = std::sync::mpsc::channel();
         let items = Arc::new(ItemCache::new(item_cache_bytes));
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("kinko-sqlite-writer".into())
             .spawn({
                 let wal = WalFile::new(path, wal_limit);
@@ -197,8 +222,9 @@ impl Database {
             .spawn(move || checkpoint_loop(checkpointer, stopped))
             .map_err(unavailable)?;
         Ok(Database {
+            writes: Some(writes),
+            writer: Some(writer),
             _stop_checkpoints: stop_checkpoints,
-            writes,
             readers: Arc::new(Mutex::new(readers)),
             path: path.to_owned(),
             page_size: page_size as usize,
@@ -273,17 +299,18 @@ impl Storage for SqliteStorage {
     /// b-tree cell (`WITHOUT ROWID` tables are index b-trees), less the key and the record's
     /// header and version column.
     fn one_read_value_limit(&self, key: &str) -> usize {
-        let max_local = (self.page_size - 12) * 64 / 255 - 23;
+        let max_local = (self.db.page_size - 12) * 64 / 255 - 23;
         max_local.saturating_sub(key.len() + 16)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
-        let ticket = match self.items.get(key) {
+        let ticket = match self.db.items.get(key) {
             Lookup::Present(entry) => return Ok(Some(entry)),
             Lookup::Deleted => return Ok(None),
             Lookup::Unknown(ticket) => ticket,
         };
         let found = self
+            .db
             .read(|c| {
                 c.prepare_cached("SELECT value, version FROM items WHERE key = ?1")
                     .and_then(|mut s| {
@@ -299,7 +326,7 @@ impl Storage for SqliteStorage {
             })
             .await?;
         if let Some(entry) = &found {
-            self.items.read(ticket, key, entry);
+            self.db.items.keep_read(ticket, key, entry);
         }
         Ok(found)
     }
@@ -309,48 +336,52 @@ impl Storage for SqliteStorage {
     /// child is held once.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let prefix = prefix.to_owned();
-        self.read(move |c| {
-            let mut statement = c
-                .prepare_cached("SELECT key FROM items WHERE key >= ?1 AND key < ?2 ORDER BY key")
-                .map_err(unavailable)?;
-            let end = prefix_end(&prefix);
-            let mut children = Vec::new();
-            let mut from = prefix.clone();
-            loop {
-                let mut past_folder = None;
-                let mut rows = statement.query(params![from, end]).map_err(unavailable)?;
-                while let Some(row) = rows.next().map_err(unavailable)? {
-                    let key = row
-                        .get_ref(0)
-                        .and_then(|value| value.as_str().map_err(Into::into))
-                        .map_err(unavailable)?;
-                    let Some(rest) = key.strip_prefix(prefix.as_str()) else {
-                        continue;
-                    };
-                    if let Some(slash) = rest.find('/') {
-                        children.push(rest[..=slash].to_owned());
-                        // Every key below `name/` sorts before `name0` ('0' follows '/').
-                        past_folder = Some(format!("{prefix}{}0", &rest[..slash]));
-                        break;
+        self.db
+            .read(move |c| {
+                let mut statement = c
+                    .prepare_cached(
+                        "SELECT key FROM items WHERE key >= ?1 AND key < ?2 ORDER BY key",
+                    )
+                    .map_err(unavailable)?;
+                let end = prefix_end(&prefix);
+                let mut children = Vec::new();
+                let mut from = prefix.clone();
+                loop {
+                    let mut past_folder = None;
+                    let mut rows = statement.query(params![from, end]).map_err(unavailable)?;
+                    while let Some(row) = rows.next().map_err(unavailable)? {
+                        let key = row
+                            .get_ref(0)
+                            .and_then(|value| value.as_str().map_err(Into::into))
+                            .map_err(unavailable)?;
+                        let Some(rest) = key.strip_prefix(prefix.as_str()) else {
+                            continue;
+                        };
+                        if let Some(slash) = rest.find('/') {
+                            children.push(rest[..=slash].to_owned());
+                            // Every key below `name/` sorts before `name0` ('0' follows '/').
+                            past_folder = Some(format!("{prefix}{}0", &rest[..slash]));
+                            break;
+                        }
+                        if !rest.is_empty() {
+                            children.push(rest.to_owned());
+                        }
                     }
-                    if !rest.is_empty() {
-                        children.push(rest.to_owned());
+                    drop(rows);
+                    match past_folder {
+                        Some(next) => from = next,
+                        None => return Ok(children),
                     }
                 }
-                drop(rows);
-                match past_folder {
-                    Some(next) => from = next,
-                    None => return Ok(children),
-                }
-            }
-        })
-        .await
+            })
+            .await
     }
 
     async fn transact(&self, ops: Vec<Op>) -> Result<(), StorageError> {
         validate_transaction(&ops)?;
         let (done, answer) = tokio::sync::oneshot::channel();
-        self.writes.send(WriteRequest { ops, done }).map_err(|_| {
+        let writes = self.db.writes.as_ref().expect("open until dropped");
+        writes.send(WriteRequest { ops, done }).map_err(|_| {
             StorageError::Unavailable("sqlite: the writer thread has stopped".into())
         })?;
         answer.await.map_err(|_| {
@@ -662,18 +693,23 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kinko.db");
-        let key = "logical/x/metadata/k";
+        // Long enough that the record header spends two bytes on the key's type, and written
+        // past version 127 so that the version takes two bytes too.
+        let key = "logical/0123456789abcdef/metadata/team/service/environment/db";
+        assert!(key.len() >= 58);
         let limit = SqliteStorage::open(&path)
             .unwrap()
             .one_read_value_limit(key);
         // 4 KiB pages: an index b-tree cell keeps 1002 bytes of payload locally.
         assert_eq!(limit + key.len() + 16, 1002);
-        for (len, spills) in [(limit, false), (1002 + 1, true)] {
+        for (len, writes, spills) in [(limit, 130, false), (1002 + 1, 1, true)] {
             let storage = SqliteStorage::open(&path).unwrap();
-            storage
-                .put(key, vec![7; len], Precondition::None)
-                .await
-                .unwrap();
+            for _ in 0..writes {
+                storage
+                    .put(key, vec![7; len], Precondition::None)
+                    .await
+                    .unwrap();
+            }
             drop(storage);
             assert_eq!(overflow_pages(&path) > 0, spills, "{len} bytes");
         }
@@ -681,14 +717,16 @@ mod tests {
 
     /// The item cache against SQLite itself, under racing readers and writers and a budget so
     /// small that it keeps starting over: every acknowledged write is what its writer reads
-    /// next, no reader ever sees a key go back to an older version, and at the end every key
-    /// reads as SQLite has it.
+    /// next, no reader ever sees a key go back to an older version, writes that change nothing
+    /// (a check, a failed precondition, deleting what is gone) change nothing, and at the end
+    /// every key reads as SQLite has it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn cached_items_are_exactly_what_sqlite_holds_while_writes_race_reads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kinko.db");
-        let storage = Arc::new(SqliteStorage::open_with(&path, WAL_LIMIT_BYTES, 4096).unwrap());
-        let keys: Vec<String> = (0..4).map(|k| format!("k/{k}")).collect();
+        // Room for five of the six keys: it starts over whenever all six are kept.
+        let storage = Arc::new(SqliteStorage::open_with(&path, WAL_LIMIT_BYTES, 400).unwrap());
+        let keys: Vec<String> = (0..6).map(|k| format!("k/{k}")).collect();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let readers: Vec<_> = (0..3)
             .map(|_| {
@@ -721,14 +759,34 @@ mod tests {
                         if round % 10 == 0 {
                             storage.delete(&key).await.unwrap();
                             assert_eq!(storage.get(&key).await.unwrap(), None, "{key} deleted");
+                            // Deleting what is gone changes nothing.
+                            storage.delete(&key).await.unwrap();
+                            assert_eq!(storage.get(&key).await.unwrap(), None, "{key} deleted");
                             continue;
                         }
+                        let current = storage.get(&key).await.unwrap().map(|e| e.version);
+                        if round % 3 == 0 {
+                            // A check that holds and one that fails: neither changes the key.
+                            let check = |precondition| {
+                                vec![Op::Check {
+                                    key: key.clone(),
+                                    precondition,
+                                }]
+                            };
+                            let holds = current.map_or(Precondition::Absent, Precondition::Version);
+                            storage.transact(check(holds)).await.unwrap();
+                            let fails = Precondition::Version(current.unwrap_or(0) + 1000);
+                            assert!(matches!(
+                                storage.transact(check(fails)).await,
+                                Err(StorageError::Conflict { .. })
+                            ));
+                            let after = storage.get(&key).await.unwrap().map(|e| e.version);
+                            assert_eq!(after, current, "{key} unchanged");
+                        }
                         // A value that names its own version (versions go on past a delete).
-                        let next = storage.get(&key).await.unwrap().map_or(0, |e| e.version);
-                        let next = if next == 0 {
-                            round - round / 10
-                        } else {
-                            next + 1
+                        let next = match current {
+                            Some(version) => version + 1,
+                            None => round - round / 10,
                         };
                         storage
                             .put(&key, next.to_be_bytes().to_vec(), Precondition::None)
@@ -760,6 +818,33 @@ mod tests {
             let cached = storage.get(key).await.unwrap();
             assert_eq!(cached.map(|e| (e.value, e.version as i64)), stored, "{key}");
         }
+        assert!(storage.db.items.generation() > 10, "the cache started over");
+    }
+
+    /// Two paths to one file are one database (one writer, one item cache), and a closed one
+    /// is opened afresh.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn every_handle_on_one_file_shares_one_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kinko.db");
+        let first = SqliteStorage::open(&path).unwrap();
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let second = SqliteStorage::open(&link).unwrap();
+        assert!(Arc::ptr_eq(&first.db, &second.db));
+        let other = SqliteStorage::open(&dir.path().join("other.db")).unwrap();
+        assert!(!Arc::ptr_eq(&first.db, &other.db));
+        second
+            .put("a", b"1".to_vec(), Precondition::Absent)
+            .await
+            .unwrap();
+        assert_eq!(first.get("a").await.unwrap().map(|e| e.version), Some(1));
+        let weak = Arc::downgrade(&first.db);
+        drop((first, second));
+        assert!(weak.upgrade().is_none());
+        let reopened = SqliteStorage::open(&path).unwrap();
+        assert_eq!(reopened.get("a").await.unwrap().map(|e| e.version), Some(1));
     }
 
     #[tokio::test]
