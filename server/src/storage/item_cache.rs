@@ -1,6 +1,7 @@
-//! Items as stored (ciphertext under the barrier, never plaintext), recently read or written,
-//! kept in memory by a backend whose process is the only writer of its data (the embedded
-//! SQLite store), so that a hot key is served without a storage read.
+//! Items as stored (never decrypted: ciphertext under the barrier, or the few plain items such
+//! as the seal configuration), recently read or written, kept in memory by a backend whose
+//! process is the only writer of its data (the embedded SQLite store), so that a hot key is
+//! served without a storage read.
 //!
 //! It is exact, not a staleness bound:
 //! - the writer marks the keys of a transaction pending before it commits (reads of them go to
@@ -9,13 +10,14 @@
 //! - an entry is replaced by a read only with a higher version of its key. Versions never repeat
 //!   (a delete is remembered with its last version), so a read that raced a write cannot put back
 //!   what the write replaced;
-//! - an entry leaves the cache only when the cache starts over, which begins a new generation:
-//!   a read whose ticket is from an older one keeps nothing (it could be older than a write whose
-//!   entry went).
+//! - an entry that knew something leaves the cache only when the cache starts over, which begins
+//!   a new generation: a read whose ticket is from an older one keeps nothing (it could be older
+//!   than a write whose entry went). (A pending key that knew nothing is dropped when its write
+//!   leaves it unchanged: reads kept out meanwhile found what is still current.)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{RwLock, RwLockWriteGuard};
 
 use super::Entry;
 
@@ -52,7 +54,8 @@ enum Kept {
     /// Present at the entry's version, too large to keep: only the version is remembered, so
     /// that an older read cannot be kept in its place.
     TooLarge,
-    /// Nothing known: only a pending key that was not cached has it.
+    /// Nothing known: a pending key that was not cached, or whose entry went when the cache
+    /// started over.
     Unknown,
 }
 
@@ -66,6 +69,10 @@ pub enum Lookup {
 
 /// Taken before a storage read whose result may be kept.
 pub struct Ticket(u64);
+
+/// What a commit did to a key: `Some((version, value))` for a put (`Some(value)`) or a delete
+/// (`None`, `version` being its last one), `None` if it left the key as it was.
+pub type Settled<'a> = Option<(u64, Option<&'a [u8]>)>;
 
 impl ItemCache {
     /// A cache of at most about `budget_bytes` of keys and values.
@@ -86,7 +93,10 @@ impl ItemCache {
     pub fn get(&self, key: &str) -> Lookup {
         // The ticket is taken first: starting over after it makes the later keep a no-op.
         let ticket = Ticket(self.generation.load(Ordering::Acquire));
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let Ok(state) = self.state.read() else {
+            // Poisoned: the next write starts over, which also makes this ticket worthless.
+            return Lookup::Unknown(ticket);
+        };
         match state.entries.get(key) {
             Some(Cached {
                 version,
@@ -108,22 +118,28 @@ impl ItemCache {
     /// Keeps what a storage read found, unless something it may be older than happened since
     /// [`ItemCache::get`] gave `ticket`.
     pub fn keep_read(&self, ticket: Ticket, key: &str, entry: &Entry) {
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if self.generation.load(Ordering::Acquire) != ticket.0 {
+        let keeps = |state: &State| {
+            self.generation.load(Ordering::Acquire) == ticket.0
+                && state
+                    .entries
+                    .get(key)
+                    .is_none_or(|cached| !cached.pending && cached.version < entry.version)
+        };
+        // Most reads that find nothing to keep (a large item, a key being written) learn it
+        // without taking the lock for writing.
+        if !self.state.read().is_ok_and(|state| keeps(&state)) {
             return;
         }
-        if let Some(cached) = state.entries.get(key) {
-            if cached.pending || cached.version >= entry.version {
-                return;
-            }
+        let mut state = self.write_state();
+        if keeps(&state) {
+            let value = self.kept(Some(&entry.value));
+            self.insert(&mut state, key, entry.version, value, false);
         }
-        let value = self.kept(Some(&entry.value));
-        self.insert(&mut state, key, entry.version, value, false);
     }
 
     /// Marks keys about to be written (before the commit).
     pub fn pending<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.write_state();
         for key in keys {
             match state.entries.get_mut(key) {
                 Some(cached) => cached.pending = true,
@@ -132,33 +148,47 @@ impl ItemCache {
         }
     }
 
-    /// Settles a key marked pending once the commit is known: `Some((version, value))` for a
-    /// committed put (`Some(value)`) or delete (`None`, `version` being its last one), `None` for
-    /// a key the commit left as it was.
-    pub fn settle(&self, key: &str, committed: Option<(u64, Option<&[u8]>)>) {
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        match committed {
-            Some((version, value)) => {
-                if let Some(old) = state.entries.remove(key) {
-                    state.bytes -= key.len() + old.value.size();
+    /// Settles keys marked pending once the commit is known.
+    pub fn settle<'k>(&self, keys: impl IntoIterator<Item = (&'k str, Settled<'k>)>) {
+        let mut state = self.write_state();
+        for (key, settled) in keys {
+            match settled {
+                Some((version, value)) => {
+                    if let Some(old) = state.entries.remove(key) {
+                        state.bytes -= key.len() + old.value.size();
+                    }
+                    let value = self.kept(value);
+                    self.insert(&mut state, key, version, value, false);
                 }
-                let value = self.kept(value);
-                self.insert(&mut state, key, version, value, false);
+                None => match state.entries.get_mut(key) {
+                    Some(Cached {
+                        value: Kept::Unknown,
+                        ..
+                    }) => {
+                        // Nothing was known before: a read that started before the write, and
+                        // was kept out while it was pending, may keep what it finds after it.
+                        let old = state.entries.remove(key).expect("just found");
+                        state.bytes -= key.len() + old.value.size();
+                    }
+                    Some(cached) => cached.pending = false,
+                    None => {}
+                },
             }
-            None => match state.entries.get_mut(key) {
-                Some(Cached {
-                    value: Kept::Unknown,
-                    ..
-                }) => {
-                    // Nothing was known before: a read that started before the write, and
-                    // was kept out while it was pending, may keep what it finds after it.
-                    let old = state.entries.remove(key).expect("just found");
-                    state.bytes -= key.len() + old.value.size();
-                }
-                Some(cached) => cached.pending = false,
-                None => {}
-            },
         }
+    }
+
+    /// The state, to change. A panic while it was held may have left it half-changed: it then
+    /// starts over, knowing nothing (pending marks included: a read kept out by one may keep
+    /// what it found before the write, which the write's settling then replaces).
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|poisoned| {
+            let mut state = poisoned.into_inner();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            state.entries.clear();
+            state.bytes = 0;
+            self.state.clear_poison();
+            state
+        })
     }
 
     fn kept(&self, value: Option<&[u8]>) -> Kept {
@@ -172,6 +202,9 @@ impl ItemCache {
     }
 
     fn insert(&self, state: &mut State, key: &str, version: u64, value: Kept, pending: bool) {
+        if let Some(old) = state.entries.remove(key) {
+            state.bytes -= key.len() + old.value.size();
+        }
         let size = key.len() + value.size();
         if state.bytes + size > self.budget_bytes {
             // Bounded simply: start over. A hot key is back after its next read. Pending keys
@@ -185,7 +218,7 @@ impl ItemCache {
                 state.bytes += key.len() + cached.value.size();
             }
         }
-        let replaced = state.entries.insert(
+        state.entries.insert(
             key.into(),
             Cached {
                 version,
@@ -194,9 +227,6 @@ impl ItemCache {
             },
         );
         state.bytes += size;
-        if let Some(old) = replaced {
-            state.bytes -= key.len() + old.value.size();
-        }
     }
 }
 
@@ -225,7 +255,7 @@ mod tests {
     /// What the writer does for one committed change.
     fn written(cache: &ItemCache, key: &str, version: u64, value: Option<&[u8]>) {
         cache.pending([key]);
-        cache.settle(key, Some((version, value)));
+        cache.settle([(key, Some((version, value)))]);
     }
 
     fn ticket(cache: &ItemCache, key: &str) -> Ticket {
@@ -268,7 +298,7 @@ mod tests {
         let during = ticket(&cache, "k");
         cache.keep_read(during, "k", &entry(b"five", 5));
         assert!(matches!(cache.get("k"), Lookup::Unknown(_)));
-        cache.settle("k", Some((6, Some(b"six"))));
+        cache.settle([("k", Some((6, Some(&b"six"[..]))))]);
         assert_eq!(present(&cache, "k"), Some((b"six".to_vec(), 6)));
     }
 
@@ -281,13 +311,13 @@ mod tests {
         let stale_read = ticket(&cache, "k");
         written(&cache, "k", 6, Some(b"six"));
         cache.pending(["k"]);
-        cache.settle("k", None);
+        cache.settle([("k", None)]);
         cache.keep_read(stale_read, "k", &entry(b"five", 5));
         assert_eq!(present(&cache, "k"), Some((b"six".to_vec(), 6)));
         // Not cached before: not cached after, and a read then keeps what it finds.
         cache.pending(["other"]);
         let during = ticket(&cache, "other");
-        cache.settle("other", None);
+        cache.settle([("other", None)]);
         assert!(matches!(cache.get("other"), Lookup::Unknown(_)));
         cache.keep_read(during, "other", &entry(b"one", 1));
         assert_eq!(present(&cache, "other"), Some((b"one".to_vec(), 1)));
@@ -317,8 +347,30 @@ mod tests {
         let during = ticket(&cache, "k");
         cache.keep_read(during, "k", &entry(b"five", 5));
         assert!(matches!(cache.get("k"), Lookup::Unknown(_)));
-        cache.settle("k", Some((6, Some(b"six"))));
+        cache.settle([("k", Some((6, Some(&b"six"[..]))))]);
         assert_eq!(present(&cache, "k"), Some((b"six".to_vec(), 6)));
+    }
+
+    /// A panic while the state was held may have left it half-changed: it starts over.
+    #[test]
+    fn a_poisoned_cache_starts_over() {
+        let cache = ItemCache::new(1 << 20);
+        written(&cache, "k", 5, Some(b"five"));
+        let before = ticket(&cache, "other");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _held = cache.state.write().unwrap();
+                panic!("while holding the cache");
+            })
+            .join()
+            .unwrap_err();
+        });
+        assert!(matches!(cache.get("k"), Lookup::Unknown(_)));
+        written(&cache, "j", 1, Some(b"one"));
+        assert!(matches!(cache.get("k"), Lookup::Unknown(_)), "forgotten");
+        cache.keep_read(before, "other", &entry(b"old", 1));
+        assert!(matches!(cache.get("other"), Lookup::Unknown(_)));
+        assert_eq!(present(&cache, "j"), Some((b"one".to_vec(), 1)));
     }
 
     #[test]

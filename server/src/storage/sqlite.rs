@@ -46,32 +46,32 @@ pub struct SqliteStorage {
 }
 
 /// The databases open in this process, by the file's identity (device and inode: a symlink or
-/// a second path to the file is the same database). An open file's inode cannot be reused.
+/// a second path to the file is the same database; an open file's inode is not reused). An
+/// entry stays until its database has closed (its threads joined, its connections closed), so
+/// that the file is opened again only then.
 static OPEN: Mutex<Vec<(FileId, std::sync::Weak<Database>)>> = Mutex::new(Vec::new());
+/// Signalled when a database has closed and left [`OPEN`].
+static CLOSED: std::sync::Condvar = std::sync::Condvar::new();
 
 type FileId = (u64, u64);
 
 /// The identity of the file at `path`, if there is one. It stats, never opens, the file: closing
 /// a descriptor of a locked database file would drop this process's lock on it.
-#[cfg(unix)]
 fn file_id(path: &Path) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-#[cfg(not(unix))]
-fn file_id(_: &Path) -> Option<FileId> {
-    None
-}
-
 struct Database {
+    /// Its entry in [`OPEN`].
+    id: Option<FileId>,
     /// Dropped first when the database closes: it ends the writer's queue.
     writes: Option<std::sync::mpsc::Sender<WriteRequest>>,
+    /// Dropped with `writes`: it ends the checkpoint thread.
+    stop_checkpoints: Option<std::sync::mpsc::Sender<()>>,
     /// Joined when the database closes, so that no write queued before (whose caller gave up
     /// waiting) commits after the file is opened again with a new item cache.
-    writer: Option<std::thread::JoinHandle<()>>,
-    /// Dropped with the database, which ends the checkpoint thread.
-    _stop_checkpoints: std::sync::mpsc::Sender<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
     /// The database's page size (fixed when it was created).
@@ -82,11 +82,19 @@ struct Database {
 impl Drop for Database {
     fn drop(&mut self) {
         drop(self.writes.take());
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                tracing::error!("the sqlite writer thread panicked");
+        drop(self.stop_checkpoints.take());
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("a sqlite thread panicked");
             }
         }
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|(id, db)| Some(*id) != self.id || db.strong_count() > 0);
+        CLOSED.notify_all();
     }
 }
 
@@ -132,21 +140,24 @@ impl SqliteStorage {
         item_cache_bytes: usize,
     ) -> Result<SqliteStorage, StorageError> {
         let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
-        open.retain(|(_, db)| db.strong_count() > 0);
         if let Some(id) = file_id(path) {
-            if let Some(db) = open
-                .iter()
-                .find(|(open_id, _)| *open_id == id)
-                .and_then(|(_, db)| db.upgrade())
-            {
-                return Ok(SqliteStorage { db });
+            loop {
+                match open.iter().find(|(open_id, _)| *open_id == id) {
+                    None => break,
+                    Some((_, db)) => match db.upgrade() {
+                        Some(db) => return Ok(SqliteStorage { db }),
+                        // Closing: wait until it has.
+                        None => open = CLOSED.wait(open).unwrap_or_else(|p| p.into_inner()),
+                    },
+                }
             }
         }
         // Created 0600 before SQLite opens it; SQLite gives its -wal file the database file's
         // mode, so it is private from its first byte too.
         create_private_file(path)?;
-        let db = Arc::new(Database::open(path, wal_limit, item_cache_bytes)?);
-        if let Some(id) = file_id(path) {
+        let id = file_id(path);
+        let db = Arc::new(Database::open(path, id, wal_limit, item_cache_bytes)?);
+        if let Some(id) = id {
             open.push((id, Arc::downgrade(&db)));
         }
         Ok(SqliteStorage { db })
@@ -156,6 +167,7 @@ impl SqliteStorage {
 impl Database {
     fn open(
         path: &Path,
+        id: Option<FileId>,
         wal_limit: u64,
         item_cache_bytes: usize,
     ) -> Result<Database, StorageError> {
@@ -217,14 +229,15 @@ impl Database {
             .map_err(unavailable)?;
         let checkpointer = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
+        let checkpoints = std::thread::Builder::new()
             .name("kinko-sqlite-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpointer, stopped))
             .map_err(unavailable)?;
         Ok(Database {
+            id,
             writes: Some(writes),
-            writer: Some(writer),
-            _stop_checkpoints: stop_checkpoints,
+            stop_checkpoints: Some(stop_checkpoints),
+            threads: vec![writer, checkpoints],
             readers: Arc::new(Mutex::new(readers)),
             path: path.to_owned(),
             page_size: page_size as usize,
@@ -484,9 +497,11 @@ fn write_loop(
                 settled.insert(change.key, Some(*change));
             }
         }
-        for (key, change) in settled {
-            items.settle(key, change.map(|c| (c.version, c.value)));
-        }
+        items.settle(
+            settled
+                .into_iter()
+                .map(|(key, change)| (key, change.map(|c| (c.version, c.value)))),
+        );
         let outcomes: Vec<_> = results.into_iter().map(|r| r.map(drop)).collect();
         for (request, outcome) in group.into_iter().zip(outcomes) {
             // The receiver may be gone (the request timed out): the write stands either way.
@@ -523,7 +538,16 @@ fn commit_group<'g>(
             savepoint.commit().map_err(unavailable)?;
             Ok(changes)
         });
-        // A savepoint dropped without commit rolls back only its own transaction.
+        // A savepoint dropped without commit rolls back only its own transaction; but on some
+        // errors (I/O, a full disk, memory) SQLite rolls back the whole transaction itself.
+        // Then nothing of the group is committed, and the next savepoint would begin (and its
+        // release commit) a transaction of its own: every request fails.
+        if let Err(error) = &result {
+            if tx.is_autocommit() {
+                let error = format!("the transaction was rolled back: {error}");
+                return group.iter().map(|_| Err(unavailable(&error))).collect();
+            }
+        }
         results.push(result);
     }
     match tx.commit() {
@@ -702,16 +726,30 @@ mod tests {
             .one_read_value_limit(key);
         // 4 KiB pages: an index b-tree cell keeps 1002 bytes of payload locally.
         assert_eq!(limit + key.len() + 16, 1002);
-        for (len, writes, spills) in [(limit, 130, false), (1002 + 1, 1, true)] {
-            let storage = SqliteStorage::open(&path).unwrap();
-            for _ in 0..writes {
-                storage
-                    .put(key, vec![7; len], Precondition::None)
-                    .await
-                    .unwrap();
+        let write = |len: usize, times: usize| {
+            let path = path.clone();
+            async move {
+                let storage = SqliteStorage::open(&path).unwrap();
+                for _ in 0..times {
+                    storage
+                        .put(key, vec![7; len], Precondition::None)
+                        .await
+                        .unwrap();
+                }
             }
-            drop(storage);
-            assert_eq!(overflow_pages(&path) > 0, spills, "{len} bytes");
+        };
+        write(limit, 130).await;
+        assert_eq!(overflow_pages(&path), 0, "{limit} bytes spilled");
+        // And the limit is tight: a value at most 16 bytes longer (the record's header and
+        // version, allowed for at their largest) spills.
+        let mut longest_in_leaf = limit;
+        while overflow_pages(&path) == 0 {
+            assert!(
+                longest_in_leaf <= limit + 16,
+                "{longest_in_leaf} bytes still fit"
+            );
+            longest_in_leaf += 1;
+            write(longest_in_leaf, 1).await;
         }
     }
 
@@ -845,6 +883,79 @@ mod tests {
         assert!(weak.upgrade().is_none());
         let reopened = SqliteStorage::open(&path).unwrap();
         assert_eq!(reopened.get("a").await.unwrap().map(|e| e.version), Some(1));
+    }
+
+    /// Some errors (I/O, a full disk; here a trigger's `RAISE(ROLLBACK)`) make SQLite roll back
+    /// the whole transaction of a group commit: then no request of the group is applied, and
+    /// each hears so (a savepoint after it would have begun and committed a transaction of its
+    /// own: the request after the failing one was applied and reported failed).
+    #[test]
+    fn a_group_whose_transaction_sqlite_rolled_back_applies_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kinko.db");
+        drop(SqliteStorage::open(&path).unwrap());
+        let mut connection = Connection::open(&path).unwrap();
+        connection
+            .execute_batch(
+                "CREATE TRIGGER boom BEFORE INSERT ON items WHEN NEW.key = 'boom'
+                 BEGIN SELECT RAISE(ROLLBACK, 'boom'); END;",
+            )
+            .unwrap();
+        let group: Vec<WriteRequest> = ["a", "boom", "c"]
+            .into_iter()
+            .map(|key| WriteRequest {
+                ops: vec![Op::Put {
+                    key: key.into(),
+                    value: vec![1],
+                    precondition: Precondition::None,
+                }],
+                done: tokio::sync::oneshot::channel().0,
+            })
+            .collect();
+        let results = commit_group(&mut connection, &group);
+        let failed: Vec<bool> = results.iter().map(Result::is_err).collect();
+        assert_eq!(failed, [true, true, true]);
+        let stored: i64 = connection
+            .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 0);
+        assert!(connection.is_autocommit());
+    }
+
+    /// Opening a file this process has open shares its database, and keeps the process's lock
+    /// on the file: nothing opens (and so, closing, unlocks) the file again.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_second_handle_keeps_the_lock_on_the_file() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kinko.db");
+        let first = SqliteStorage::open(&path).unwrap();
+        first
+            .put("a", b"1".to_vec(), Precondition::Absent)
+            .await
+            .unwrap();
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        let locked = || {
+            let pid = std::process::id().to_string();
+            std::fs::read_to_string("/proc/locks")
+                .unwrap()
+                .lines()
+                .any(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.get(1) == Some(&"POSIX")
+                        && fields.get(4) == Some(&pid.as_str())
+                        && fields
+                            .get(5)
+                            .is_some_and(|id| id.ends_with(&format!(":{inode}")))
+                })
+        };
+        assert!(locked(), "the first handle locks the file");
+        let second = SqliteStorage::open(&path).unwrap();
+        assert!(locked(), "the second open dropped the lock");
+        assert_eq!(second.get("a").await.unwrap().map(|e| e.version), Some(1));
+        drop((first, second));
+        assert!(!locked(), "closed, the file is unlocked");
     }
 
     #[tokio::test]
