@@ -251,9 +251,7 @@ impl<T> Changed<T> {
 fn metadata_item(meta: &KeyMetadata, current: Option<&[u8]>, limit: usize) -> Zeroizing<Vec<u8>> {
     let mut item = Zeroizing::new(serde_json::to_vec(meta).expect("in-memory JSON"));
     const FRAME: usize = r#","current":{"data":,"version":18446744073709551615}}"#.len();
-    let current = current.filter(|data| {
-        data.len() <= INLINE_MAX_BYTES && item.len() - 1 + FRAME + data.len() <= limit
-    });
+    let current = current.filter(|data| item.len() - 1 + FRAME + data.len() <= limit);
     if let Some(data) = current {
         debug_assert_eq!(item.last(), Some(&b'}'));
         item.pop();
@@ -623,8 +621,9 @@ impl<'a> Kv<'a> {
             meta.versions.insert(version, version_meta.clone());
             meta.current_version = version;
             meta.updated_time = at.clone();
+            // At most INLINE_MAX_BYTES (not cloned otherwise), and kept in the metadata item only
+            // if it fits there: `metadata_item`.
             let current = (bytes.len() <= INLINE_MAX_BYTES).then(|| bytes.clone());
-            // (Kept in the metadata item only if it fits there: `metadata_item`.)
             let mut writes = vec![Write::Put {
                 path: self.version_key(path, version),
                 value: bytes,

@@ -553,15 +553,9 @@ async fn a_stored_version_that_is_not_json_is_a_500_not_a_broken_answer() {
     let s = TestServer::start().await;
     // Version 1 is read from its own item once version 2 is the latest.
     for value in ["b", "c"] {
-        s.post(
-            "/v1/secret/data/odd",
-            ROOT,
-            json!({ "data": { "a": value } }),
-        )
-        .await;
+        s.put_secret("odd", ROOT, json!({ "a": value })).await;
     }
-    let mounts = s.get("/v1/sys/mounts", ROOT).await;
-    let uuid = mounts.body["data"]["secret/"]["uuid"].as_str().unwrap();
+    let uuid = s.secret_mount_uuid().await;
     let unsealed = s.core.unsealed().unwrap();
     unsealed
         .store
@@ -589,15 +583,9 @@ async fn a_stored_version_that_is_not_json_is_a_500_not_a_broken_answer() {
 async fn the_latest_version_reads_from_the_metadata_item_until_the_metadata_changes() {
     let s = TestServer::start().await;
     for value in ["one", "two"] {
-        s.post(
-            "/v1/secret/data/inline",
-            ROOT,
-            json!({ "data": { "v": value } }),
-        )
-        .await;
+        s.put_secret("inline", ROOT, json!({ "v": value })).await;
     }
-    let mounts = s.get("/v1/sys/mounts", ROOT).await;
-    let uuid = mounts.body["data"]["secret/"]["uuid"].as_str().unwrap();
+    let uuid = s.secret_mount_uuid().await;
     let unsealed = s.core.unsealed().unwrap();
     let drop_item = |version: u64| {
         let path = format!("logical/{uuid}/versions/inline/{version}");
@@ -633,12 +621,7 @@ async fn the_latest_version_reads_from_the_metadata_item_until_the_metadata_chan
     let after = s.get("/v1/secret/data/inline", ROOT).await;
     assert_eq!(after.status, StatusCode::NOT_FOUND, "{:?}", after.body);
     // The next write keeps a copy again.
-    s.post(
-        "/v1/secret/data/inline",
-        ROOT,
-        json!({ "data": { "v": "three" } }),
-    )
-    .await;
+    s.put_secret("inline", ROOT, json!({ "v": "three" })).await;
     drop_item(3).await;
     let latest = s.get("/v1/secret/data/inline", ROOT).await;
     assert_eq!(latest.body["data"]["data"], json!({ "v": "three" }));
@@ -648,12 +631,8 @@ async fn the_latest_version_reads_from_the_metadata_item_until_the_metadata_chan
     );
     // Data too long for the metadata item's leaf (SQLite: ~1 KiB with 4 KiB pages) is read
     // from its version item only.
-    s.post(
-        "/v1/secret/data/inline",
-        ROOT,
-        json!({ "data": { "v": "x".repeat(3000) } }),
-    )
-    .await;
+    s.put_secret("inline", ROOT, json!({ "v": "x".repeat(3000) }))
+        .await;
     drop_item(4).await;
     let long = s.get("/v1/secret/data/inline", ROOT).await;
     assert_eq!(long.status, StatusCode::NOT_FOUND, "{:?}", long.body);
@@ -671,19 +650,14 @@ async fn the_latest_version_reads_from_the_metadata_item_until_the_metadata_chan
 #[tokio::test]
 async fn destroying_the_latest_version_leaves_no_copy_of_its_data() {
     let s = TestServer::start().await;
-    s.post(
-        "/v1/secret/data/gone",
-        ROOT,
-        json!({ "data": { "v": "destroy-canary" } }),
-    )
-    .await;
+    s.put_secret("gone", ROOT, json!({ "v": "destroy-canary" }))
+        .await;
     s.post("/v1/secret/destroy/gone", ROOT, json!({ "versions": [1] }))
         .await;
     let read = s.get("/v1/secret/data/gone", ROOT).await;
     assert_eq!(read.status, StatusCode::NOT_FOUND);
     assert!(read.body["data"]["data"].is_null());
-    let mounts = s.get("/v1/sys/mounts", ROOT).await;
-    let uuid = mounts.body["data"]["secret/"]["uuid"].as_str().unwrap();
+    let uuid = s.secret_mount_uuid().await;
     let unsealed = s.core.unsealed().unwrap();
     let item = unsealed
         .store

@@ -149,6 +149,15 @@ impl TestServer {
         .await
     }
 
+    /// The storage id of the `secret/` mount: its items are under `logical/<uuid>/`.
+    pub async fn secret_mount_uuid(&self) -> String {
+        let mounts = self.get("/v1/sys/mounts", ROOT).await;
+        mounts.body["data"]["secret/"]["uuid"]
+            .as_str()
+            .expect("secret/ is mounted")
+            .to_owned()
+    }
+
     pub async fn write_policy(&self, name: &str, hcl: &str) {
         let answer = self
             .post(

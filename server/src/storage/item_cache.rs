@@ -154,9 +154,6 @@ impl ItemCache {
         for (key, settled) in keys {
             match settled {
                 Some((version, value)) => {
-                    if let Some(old) = state.entries.remove(key) {
-                        state.bytes -= key.len() + old.value.size();
-                    }
                     let value = self.kept(value);
                     self.insert(&mut state, key, version, value, false);
                 }
@@ -167,8 +164,7 @@ impl ItemCache {
                     }) => {
                         // Nothing was known before: a read that started before the write, and
                         // was kept out while it was pending, may keep what it finds after it.
-                        let old = state.entries.remove(key).expect("just found");
-                        state.bytes -= key.len() + old.value.size();
+                        state.remove(key);
                     }
                     Some(cached) => cached.pending = false,
                     None => {}
@@ -202,9 +198,7 @@ impl ItemCache {
     }
 
     fn insert(&self, state: &mut State, key: &str, version: u64, value: Kept, pending: bool) {
-        if let Some(old) = state.entries.remove(key) {
-            state.bytes -= key.len() + old.value.size();
-        }
+        state.remove(key);
         let size = key.len() + value.size();
         if state.bytes + size > self.budget_bytes {
             // Bounded simply: start over. A hot key is back after its next read. Pending keys
@@ -227,6 +221,14 @@ impl ItemCache {
             },
         );
         state.bytes += size;
+    }
+}
+
+impl State {
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.entries.remove(key) {
+            self.bytes -= key.len() + old.value.size();
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 pub mod conformance;
 #[cfg(feature = "aws")]
 pub mod dynamodb;
-pub mod item_cache;
+mod item_cache;
 pub mod sqlite;
 
 use async_trait::async_trait;

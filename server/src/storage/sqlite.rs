@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use super::item_cache::{ItemCache, Lookup};
+use super::item_cache::{ItemCache, Lookup, Settled};
 use super::{validate_transaction, Entry, Op, Precondition, Storage, StorageError};
 
 const READERS: usize = 4;
@@ -490,18 +490,12 @@ fn write_loop(
         let results = commit_group(&mut connection, &group);
         // Each key's state after the whole group, settled once: reads see the group's
         // outcome, never a state between two of its transactions.
-        let mut settled: std::collections::HashMap<&str, Option<Change>> =
+        let mut settled: std::collections::HashMap<&str, Settled> =
             keys().map(|key| (key, None)).collect();
-        for changes in results.iter().flatten() {
-            for change in changes {
-                settled.insert(change.key, Some(*change));
-            }
+        for change in results.iter().flatten().flatten() {
+            settled.insert(change.key, Some((change.version, change.value)));
         }
-        items.settle(
-            settled
-                .into_iter()
-                .map(|(key, change)| (key, change.map(|c| (c.version, c.value)))),
-        );
+        items.settle(settled);
         let outcomes: Vec<_> = results.into_iter().map(|r| r.map(drop)).collect();
         for (request, outcome) in group.into_iter().zip(outcomes) {
             // The receiver may be gone (the request timed out): the write stands either way.
@@ -513,7 +507,6 @@ fn write_loop(
 
 /// What a committed op did to its key: its new version, and its value (`None`: deleted, the
 /// version being its last).
-#[derive(Clone, Copy)]
 struct Change<'a> {
     key: &'a str,
     version: u64,
@@ -526,10 +519,10 @@ fn commit_group<'g>(
     group: &'g [WriteRequest],
 ) -> Vec<Result<Vec<Change<'g>>, StorageError>> {
     let all_fail =
-        |error: rusqlite::Error| group.iter().map(|_| Err(unavailable(&error))).collect();
+        |error: &dyn std::fmt::Display| group.iter().map(|_| Err(unavailable(error))).collect();
     let mut tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(error) => return all_fail(error),
+        Err(error) => return all_fail(&error),
     };
     let mut results = Vec::with_capacity(group.len());
     for request in group {
@@ -544,15 +537,14 @@ fn commit_group<'g>(
         // release commit) a transaction of its own: every request fails.
         if let Err(error) = &result {
             if tx.is_autocommit() {
-                let error = format!("the transaction was rolled back: {error}");
-                return group.iter().map(|_| Err(unavailable(&error))).collect();
+                return all_fail(&format!("the transaction was rolled back: {error}"));
             }
         }
         results.push(result);
     }
     match tx.commit() {
         Ok(()) => results,
-        Err(error) => all_fail(error),
+        Err(error) => all_fail(&error),
     }
 }
 
@@ -859,30 +851,55 @@ mod tests {
         assert!(storage.db.items.generation() > 10, "the cache started over");
     }
 
-    /// Two paths to one file are one database (one writer, one item cache), and a closed one
-    /// is opened afresh.
-    #[cfg(unix)]
+    /// Two paths to one file are one database (one writer, one item cache), and opening it
+    /// again keeps the process's lock on the file: nothing opens (and so, closing, unlocks) the
+    /// file again. A closed one is unlocked, and opened afresh.
+    #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn every_handle_on_one_file_shares_one_database() {
+    async fn every_handle_on_one_file_shares_one_database_and_its_lock() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kinko.db");
         let first = SqliteStorage::open(&path).unwrap();
-        let link = dir.path().join("link.db");
-        std::os::unix::fs::symlink(&path, &link).unwrap();
-        let second = SqliteStorage::open(&link).unwrap();
-        assert!(Arc::ptr_eq(&first.db, &second.db));
-        let other = SqliteStorage::open(&dir.path().join("other.db")).unwrap();
-        assert!(!Arc::ptr_eq(&first.db, &other.db));
-        second
+        first
             .put("a", b"1".to_vec(), Precondition::Absent)
             .await
             .unwrap();
-        assert_eq!(first.get("a").await.unwrap().map(|e| e.version), Some(1));
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        let locked = || {
+            let pid = std::process::id().to_string();
+            std::fs::read_to_string("/proc/locks")
+                .unwrap()
+                .lines()
+                .any(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.get(1) == Some(&"POSIX")
+                        && fields.get(4) == Some(&pid.as_str())
+                        && fields
+                            .get(5)
+                            .is_some_and(|id| id.ends_with(&format!(":{inode}")))
+                })
+        };
+        assert!(locked(), "the first handle locks the file");
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let second = SqliteStorage::open(&link).unwrap();
+        assert!(locked(), "the second open dropped the lock");
+        assert!(Arc::ptr_eq(&first.db, &second.db));
+        let other = SqliteStorage::open(&dir.path().join("other.db")).unwrap();
+        assert!(!Arc::ptr_eq(&first.db, &other.db));
+        assert_eq!(second.get("a").await.unwrap().map(|e| e.version), Some(1));
+        second
+            .put("b", b"1".to_vec(), Precondition::Absent)
+            .await
+            .unwrap();
+        assert_eq!(first.get("b").await.unwrap().map(|e| e.version), Some(1));
         let weak = Arc::downgrade(&first.db);
         drop((first, second));
         assert!(weak.upgrade().is_none());
+        assert!(!locked(), "closed, the file is unlocked");
         let reopened = SqliteStorage::open(&path).unwrap();
-        assert_eq!(reopened.get("a").await.unwrap().map(|e| e.version), Some(1));
+        assert_eq!(reopened.get("b").await.unwrap().map(|e| e.version), Some(1));
     }
 
     /// Some errors (I/O, a full disk; here a trigger's `RAISE(ROLLBACK)`) make SQLite roll back
@@ -920,42 +937,6 @@ mod tests {
             .unwrap();
         assert_eq!(stored, 0);
         assert!(connection.is_autocommit());
-    }
-
-    /// Opening a file this process has open shares its database, and keeps the process's lock
-    /// on the file: nothing opens (and so, closing, unlocks) the file again.
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn a_second_handle_keeps_the_lock_on_the_file() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kinko.db");
-        let first = SqliteStorage::open(&path).unwrap();
-        first
-            .put("a", b"1".to_vec(), Precondition::Absent)
-            .await
-            .unwrap();
-        let inode = std::fs::metadata(&path).unwrap().ino();
-        let locked = || {
-            let pid = std::process::id().to_string();
-            std::fs::read_to_string("/proc/locks")
-                .unwrap()
-                .lines()
-                .any(|line| {
-                    let fields: Vec<&str> = line.split_whitespace().collect();
-                    fields.get(1) == Some(&"POSIX")
-                        && fields.get(4) == Some(&pid.as_str())
-                        && fields
-                            .get(5)
-                            .is_some_and(|id| id.ends_with(&format!(":{inode}")))
-                })
-        };
-        assert!(locked(), "the first handle locks the file");
-        let second = SqliteStorage::open(&path).unwrap();
-        assert!(locked(), "the second open dropped the lock");
-        assert_eq!(second.get("a").await.unwrap().map(|e| e.version), Some(1));
-        drop((first, second));
-        assert!(!locked(), "closed, the file is unlocked");
     }
 
     #[tokio::test]
