@@ -15,6 +15,8 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::item_cache::{ItemCache, Lookup, Settled};
+
+mod page_cache;
 use super::{validate_transaction, Entry, Op, Precondition, Storage, StorageError};
 
 const READERS: usize = 4;
@@ -108,6 +110,7 @@ fn unavailable(error: impl std::fmt::Display) -> StorageError {
 /// workers reached the shared-memory lock at once. One process per database is the design
 /// anyway (the embedded store is single-node); a second one is refused at open.
 fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StorageError> {
+    page_cache::install();
     // Each connection is used by one thread at a time (the writer, the checkpointer, a reader
     // taken from the pool), so SQLite's per-connection mutex would only cost.
     let flags = flags | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -619,6 +622,111 @@ fn apply<'o>(connection: &Connection, ops: &'o [Op]) -> Result<Vec<Change<'o>>, 
 mod tests {
     use super::*;
 
+    /// A test's own connection to the file, opened as the storage opens its connections (the
+    /// page cache wrapper installed first), so that no test initialises SQLite without it.
+    fn direct(path: &Path) -> Connection {
+        page_cache::install();
+        Connection::open(path).unwrap()
+    }
+
+    /// Commits that have nothing past the database's end to drop skip SQLite's page-cache
+    /// truncate, and a truncate that has something (the pages a failed request added before
+    /// its savepoint rolled back) still goes through: after random writes that grow and
+    /// rebalance the tree, with groups whose requests fail after growing it, both happened,
+    /// every key reads back its last value, and SQLite finds the file whole. (SQLite zeroes a
+    /// page it allocates past the end, so a skipped truncate that should have dropped pages
+    /// would not show in the data: the counts are what tell.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_skip_the_page_cache_scan_and_the_file_stays_whole() {
+        assert!(
+            page_cache::install(),
+            "SQLite was initialised before the wrapper"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kinko.db");
+        let storage = Arc::new(SqliteStorage::open_with(&path, WAL_LIMIT_BYTES, 0).unwrap());
+        let (passed_before, skipped_before) = page_cache::truncates();
+        let mut expected = std::collections::HashMap::new();
+        let mut seed = 17u64;
+        let mut random = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        for round in 0..60u64 {
+            let mut tasks = Vec::new();
+            for request in 0..16u64 {
+                let fails = request % 5 == 4;
+                let first = random();
+                let mut ops: Vec<Op> = (0..6)
+                    .map(|n| {
+                        let key = format!("k/{}", (first + n * 500) % 3000);
+                        let value = format!("{round}-{request}-{key}").repeat(12).into_bytes();
+                        Op::Put {
+                            key,
+                            value,
+                            precondition: Precondition::None,
+                        }
+                    })
+                    .collect();
+                if fails {
+                    // New keys grow the file, then the conflict rolls the request back.
+                    ops.extend((0..6).map(|n| Op::Put {
+                        key: format!("grown/{round}/{request}/{n}"),
+                        value: vec![b'g'; 900],
+                        precondition: Precondition::None,
+                    }));
+                    ops.push(Op::Check {
+                        key: "absent".into(),
+                        precondition: Precondition::Version(1),
+                    });
+                } else {
+                    for op in &ops {
+                        if let Op::Put { key, value, .. } = op {
+                            expected.insert(key.clone(), value.clone());
+                        }
+                    }
+                }
+                let storage = storage.clone();
+                tasks.push(tokio::spawn(
+                    async move { (fails, storage.transact(ops).await) },
+                ));
+            }
+            for task in tasks {
+                let (fails, result) = task.await.unwrap();
+                assert_eq!(result.is_err(), fails, "{result:?}");
+            }
+        }
+        let (passed, skipped) = page_cache::truncates();
+        assert!(skipped > skipped_before, "no commit skipped the scan");
+        assert!(passed > passed_before, "no truncate had pages to drop");
+        drop(storage);
+        let direct = direct(&path);
+        let check: String = direct
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let grown: i64 = direct
+            .query_row(
+                "SELECT count(*) FROM items WHERE key LIKE 'grown/%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(grown, 0, "a failed request left a key");
+        for (key, value) in &expected {
+            let stored: Vec<u8> = direct
+                .query_row(
+                    "SELECT value FROM items WHERE key = ?1",
+                    params![key],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(&stored, value, "{key}");
+        }
+    }
+
     #[tokio::test]
     async fn passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
@@ -674,6 +782,7 @@ mod tests {
     /// every other read when two workers met on it); a build that lost the flags fails here.
     #[test]
     fn sqlite_is_built_with_per_connection_page_caches() {
+        page_cache::install();
         let connection = Connection::open_in_memory().unwrap();
         let options: Vec<String> = connection
             .prepare("PRAGMA compile_options")
@@ -698,8 +807,7 @@ mod tests {
     #[tokio::test]
     async fn a_value_within_the_one_read_limit_stays_in_its_leaf() {
         let overflow_pages = |path: &Path| -> i64 {
-            Connection::open(path)
-                .unwrap()
+            direct(path)
                 .query_row(
                     "SELECT count(*) FROM dbstat WHERE name = 'items' AND pagetype = 'overflow'",
                     [],
@@ -835,7 +943,7 @@ mod tests {
         for reader in readers {
             assert!(reader.await.unwrap() > 0);
         }
-        let direct = Connection::open(&path).unwrap();
+        let direct = direct(&path);
         for key in &keys {
             let stored: Option<(Vec<u8>, i64)> = direct
                 .query_row(
@@ -911,7 +1019,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kinko.db");
         drop(SqliteStorage::open(&path).unwrap());
-        let mut connection = Connection::open(&path).unwrap();
+        let mut connection = direct(&path);
         connection
             .execute_batch(
                 "CREATE TRIGGER boom BEFORE INSERT ON items WHEN NEW.key = 'boom'
