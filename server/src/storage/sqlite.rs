@@ -15,9 +15,9 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::item_cache::{ItemCache, Lookup, Settled};
+use super::{validate_transaction, Entry, Op, Precondition, Storage, StorageError};
 
 mod page_cache;
-use super::{validate_transaction, Entry, Op, Precondition, Storage, StorageError};
 
 const READERS: usize = 4;
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -110,7 +110,14 @@ fn unavailable(error: impl std::fmt::Display) -> StorageError {
 /// workers reached the shared-memory lock at once. One process per database is the design
 /// anyway (the embedded store is single-node); a second one is refused at open.
 fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StorageError> {
-    page_cache::install();
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if !page_cache::install() {
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "SQLite was initialised before kinko's page cache wrapper: commits scan the page cache"
+            )
+        });
+    }
     // Each connection is used by one thread at a time (the writer, the checkpointer, a reader
     // taken from the pool), so SQLite's per-connection mutex would only cost.
     let flags = flags | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -629,84 +636,74 @@ mod tests {
         Connection::open(path).unwrap()
     }
 
-    /// Commits that have nothing past the database's end to drop skip SQLite's page-cache
-    /// truncate, and a truncate that has something (the pages a failed request added before
-    /// its savepoint rolled back) still goes through: after random writes that grow and
-    /// rebalance the tree, with groups whose requests fail after growing it, both happened,
-    /// every key reads back its last value, and SQLite finds the file whole. (SQLite zeroes a
-    /// page it allocates past the end, so a skipped truncate that should have dropped pages
-    /// would not show in the data: the counts are what tell.)
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn commits_skip_the_page_cache_scan_and_the_file_stays_whole() {
+    /// SQLite through the page cache wrapper, as the writer uses it: random writes that grow
+    /// and rebalance the tree, in transactions of which some grow the file in a savepoint and
+    /// roll it back. Rebalances parked pages, commits with nothing to drop skipped the truncate,
+    /// the rolled-back growth was truncated, and afterwards every key reads back its last value
+    /// and SQLite finds the file whole.
+    #[test]
+    fn sqlite_stays_whole_through_the_page_cache_wrapper() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kinko.db");
+        drop(SqliteStorage::open(&path).unwrap());
         assert!(
             page_cache::install(),
             "SQLite was initialised before the wrapper"
         );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kinko.db");
-        let storage = Arc::new(SqliteStorage::open_with(&path, WAL_LIMIT_BYTES, 0).unwrap());
-        let (passed_before, skipped_before) = page_cache::truncates();
-        let mut expected = std::collections::HashMap::new();
-        let mut seed = 17u64;
-        let mut random = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            seed >> 33
+        // Counted on this thread: the connection is used here.
+        let connection = open(&path, OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
+        connection
+            .execute_batch("PRAGMA cache_size = -16384")
+            .unwrap();
+        let before = page_cache::counts::get();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let mut expected = std::collections::BTreeMap::new();
+        let put = |key: &str, value: &[u8]| {
+            connection
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO items (key, value, version) VALUES (?1, ?2, 1)",
+                )
+                .and_then(|mut s| s.execute(params![key, value]))
+                .unwrap();
         };
-        for round in 0..60u64 {
-            let mut tasks = Vec::new();
-            for request in 0..16u64 {
-                let fails = request % 5 == 4;
-                let first = random();
-                let mut ops: Vec<Op> = (0..6)
-                    .map(|n| {
-                        let key = format!("k/{}", (first + n * 500) % 3000);
-                        let value = format!("{round}-{request}-{key}").repeat(12).into_bytes();
-                        Op::Put {
-                            key,
-                            value,
-                            precondition: Precondition::None,
-                        }
-                    })
-                    .collect();
-                if fails {
-                    // New keys grow the file, then the conflict rolls the request back.
-                    ops.extend((0..6).map(|n| Op::Put {
-                        key: format!("grown/{round}/{request}/{n}"),
-                        value: vec![b'g'; 900],
-                        precondition: Precondition::None,
-                    }));
-                    ops.push(Op::Check {
-                        key: "absent".into(),
-                        precondition: Precondition::Version(1),
-                    });
-                } else {
-                    for op in &ops {
-                        if let Op::Put { key, value, .. } = op {
-                            expected.insert(key.clone(), value.clone());
-                        }
-                    }
+        for round in 0..300 {
+            connection.execute_batch("BEGIN IMMEDIATE").unwrap();
+            for _ in 0..16 {
+                let key = format!("k/{}", rng.gen_range(0..4000));
+                let value = format!("{round}-{key}")
+                    .repeat(rng.gen_range(10..40))
+                    .into_bytes();
+                put(&key, &value);
+                expected.insert(key, value);
+            }
+            if round % 4 == 3 {
+                connection.execute_batch("SAVEPOINT grown").unwrap();
+                for n in 0..8 {
+                    put(&format!("grown/{round}/{n}"), &[b'g'; 900]);
                 }
-                let storage = storage.clone();
-                tasks.push(tokio::spawn(
-                    async move { (fails, storage.transact(ops).await) },
-                ));
+                connection
+                    .execute_batch("ROLLBACK TO grown; RELEASE grown")
+                    .unwrap();
             }
-            for task in tasks {
-                let (fails, result) = task.await.unwrap();
-                assert_eq!(result.is_err(), fails, "{result:?}");
-            }
+            connection.execute_batch("COMMIT").unwrap();
         }
-        let (passed, skipped) = page_cache::truncates();
-        assert!(skipped > skipped_before, "no commit skipped the scan");
-        assert!(passed > passed_before, "no truncate had pages to drop");
-        drop(storage);
-        let direct = direct(&path);
-        let check: String = direct
+        let counts = page_cache::counts::get();
+        assert!(counts.parked > before.parked, "no rebalance parked a page");
+        assert!(
+            counts.skipped > before.skipped,
+            "no commit skipped the truncate"
+        );
+        assert!(
+            counts.passed > before.passed,
+            "the rolled-back growth was not truncated"
+        );
+        let check: String = connection
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(check, "ok");
+        drop(connection);
+        let direct = direct(&path);
         let grown: i64 = direct
             .query_row(
                 "SELECT count(*) FROM items WHERE key LIKE 'grown/%'",
@@ -714,17 +711,15 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(grown, 0, "a failed request left a key");
-        for (key, value) in &expected {
-            let stored: Vec<u8> = direct
-                .query_row(
-                    "SELECT value FROM items WHERE key = ?1",
-                    params![key],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            assert_eq!(&stored, value, "{key}");
-        }
+        assert_eq!(grown, 0, "a rolled-back key is there");
+        let stored: std::collections::BTreeMap<String, Vec<u8>> = direct
+            .prepare("SELECT key, value FROM items")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(stored, expected);
     }
 
     #[tokio::test]
