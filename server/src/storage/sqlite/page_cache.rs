@@ -217,7 +217,11 @@ unsafe extern "C" fn truncate(cache: *mut ffi::sqlite3_pcache, limit: c_uint) {
     if let Some(truncate) = cache.default.xTruncate {
         truncate(cache.inner, limit);
     }
-    cache.largest.set(limit.saturating_sub(1));
+    // Never raised here: a truncate that went through only for a parked page leaves the rest
+    // as they were.
+    cache
+        .largest
+        .set(cache.largest.get().min(limit.saturating_sub(1)));
     if limit <= cache.parking {
         cache.parked.set(false);
     }
@@ -280,13 +284,7 @@ mod tests {
             cachesize(cache, 100_000);
             let parking = wrapper_of(cache).parking;
             assert_eq!(parking, 262_145, "the lock-byte page at 4 KiB pages");
-            let present_in_sqlite = |key: c_uint| {
-                let page = (default.xFetch.unwrap())(wrapper_of(cache).inner, key, 0);
-                if !page.is_null() {
-                    (default.xUnpin.unwrap())(wrapper_of(cache).inner, page, 0);
-                }
-                !page.is_null()
-            };
+            let present_in_sqlite = |key| present_in_sqlite(default, cache, key);
             let mut present = BTreeSet::new();
             let mut rng = rand::rngs::StdRng::seed_from_u64(7);
             let before = counts::get();
@@ -313,6 +311,7 @@ mod tests {
                             continue;
                         }
                         let (page_a, page_b) = (fetch(cache, a, 0), fetch(cache, b, 0));
+                        assert!(!page_a.is_null() && !page_b.is_null(), "{a} or {b} evicted");
                         rekey(cache, page_a, a, parking);
                         rekey(cache, page_b, b, a);
                         rekey(cache, page_a, parking, b);
@@ -325,6 +324,7 @@ mod tests {
                             continue;
                         };
                         let page = fetch(cache, key, 0);
+                        assert!(!page.is_null(), "{key} evicted");
                         unpin(cache, page, 1);
                         present.remove(&key);
                     }
@@ -353,6 +353,72 @@ mod tests {
             );
             assert!(after.skipped > before.skipped, "no truncate was skipped");
             assert!(skipped_after_park > 0, "a parked page still costs a scan");
+            destroy(cache);
+        }
+    }
+
+    /// Whether SQLite's own cache holds `key` (asked directly, so the wrapper does not count it).
+    unsafe fn present_in_sqlite(
+        default: &ffi::sqlite3_pcache_methods2,
+        cache: *mut ffi::sqlite3_pcache,
+        key: c_uint,
+    ) -> bool {
+        let inner = wrapper_of(cache).inner;
+        let page = (default.xFetch.unwrap())(inner, key, 0);
+        if !page.is_null() {
+            (default.xUnpin.unwrap())(inner, page, 0);
+        }
+        !page.is_null()
+    }
+
+    /// A page left at the parking number (which SQLite 3.46 never does) makes every truncate
+    /// go through, and the first that does drops it, pinned or not; then truncates with nothing
+    /// to drop are skipped again. The same when the parked page was discarded instead.
+    #[test]
+    fn a_parked_page_makes_truncates_go_through_until_it_is_gone() {
+        assert!(install(), "SQLite was initialised before the wrapper");
+        rusqlite::Connection::open_in_memory().unwrap();
+        let default = &DEFAULT.get().unwrap().0;
+        unsafe {
+            let cache = create(4096, 64, 1);
+            assert!(!cache.is_null());
+            cachesize(cache, 1000);
+            let parking = wrapper_of(cache).parking;
+            for key in 1..=10 {
+                let page = fetch(cache, key, 2);
+                assert!(!page.is_null());
+                unpin(cache, page, 0);
+            }
+            let park = |key| {
+                let page = fetch(cache, key, 0);
+                assert!(!page.is_null());
+                rekey(cache, page, key, parking);
+                page
+            };
+            let truncate_counted = |limit| {
+                let before = counts::get();
+                truncate(cache, limit);
+                let after = counts::get();
+                (after.passed - before.passed, after.skipped - before.skipped)
+            };
+
+            // Parked and still pinned: the truncate goes through and frees it.
+            park(5);
+            assert_eq!(
+                truncate_counted(11),
+                (1, 0),
+                "past every page, but one is parked"
+            );
+            assert!(!present_in_sqlite(default, cache, parking));
+            assert_eq!(pagecount(cache), 9);
+            assert_eq!(truncate_counted(11), (0, 1), "nothing past 10 any more");
+
+            // Parked, then discarded rather than moved on.
+            let page = park(7);
+            unpin(cache, page, 1);
+            assert_eq!(truncate_counted(11), (1, 0));
+            assert_eq!(truncate_counted(11), (0, 1));
+            assert_eq!(pagecount(cache), 8);
             destroy(cache);
         }
     }
