@@ -274,14 +274,8 @@ mod tests {
     /// skipped, even right after a page was parked and moved on.
     #[test]
     fn a_truncate_is_skipped_only_when_no_page_is_at_or_past_its_limit() {
-        assert!(install(), "SQLite was initialised before the wrapper");
-        // SQLite's own cache is ready once SQLite is initialised.
-        rusqlite::Connection::open_in_memory().unwrap();
-        let default = &DEFAULT.get().unwrap().0;
         unsafe {
-            let cache = create(4096, 64, 1);
-            assert!(!cache.is_null());
-            cachesize(cache, 100_000);
+            let (default, cache) = wrapped_cache(100_000);
             let parking = wrapper_of(cache).parking;
             assert_eq!(parking, 262_145, "the lock-byte page at 4 KiB pages");
             let present_in_sqlite = |key| present_in_sqlite(default, cache, key);
@@ -357,6 +351,23 @@ mod tests {
         }
     }
 
+    /// A cache of 4 KiB pages through the wrapper, room for `pages` (none evicted below that),
+    /// and SQLite's default methods to look behind it.
+    unsafe fn wrapped_cache(
+        pages: c_int,
+    ) -> (
+        &'static ffi::sqlite3_pcache_methods2,
+        *mut ffi::sqlite3_pcache,
+    ) {
+        assert!(install(), "SQLite was initialised before the wrapper");
+        // SQLite's own cache is ready once SQLite is initialised.
+        rusqlite::Connection::open_in_memory().unwrap();
+        let cache = create(4096, 64, 1);
+        assert!(!cache.is_null());
+        cachesize(cache, pages);
+        (&DEFAULT.get().unwrap().0, cache)
+    }
+
     /// Whether SQLite's own cache holds `key` (asked directly, so the wrapper does not count it).
     unsafe fn present_in_sqlite(
         default: &ffi::sqlite3_pcache_methods2,
@@ -376,13 +387,8 @@ mod tests {
     /// to drop are skipped again. The same when the parked page was discarded instead.
     #[test]
     fn a_parked_page_makes_truncates_go_through_until_it_is_gone() {
-        assert!(install(), "SQLite was initialised before the wrapper");
-        rusqlite::Connection::open_in_memory().unwrap();
-        let default = &DEFAULT.get().unwrap().0;
         unsafe {
-            let cache = create(4096, 64, 1);
-            assert!(!cache.is_null());
-            cachesize(cache, 1000);
+            let (default, cache) = wrapped_cache(1000);
             let parking = wrapper_of(cache).parking;
             for key in 1..=10 {
                 let page = fetch(cache, key, 2);
