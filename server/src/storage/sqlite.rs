@@ -6,7 +6,7 @@
 //! Concurrent writers so share one fsync instead of queueing for one each, and no write is
 //! acknowledged before it is durable. Reads use a small pool of their own connections, so
 //! readers never wait on the writer (WAL) or on each other. A thread checkpoints the WAL once a
-//! second without blocking anyone, and the writer truncates it past its size limit.
+//! second without blocking anyone, and the writer starts it over past its size limit.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,9 +26,9 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most transactions one group commit takes.
 const MAX_GROUP: usize = 256;
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-/// The WAL's size past which the writer checkpoints all of it and truncates it. Under a steady
-/// load some reader is always on the WAL, so SQLite never starts it over by itself and it grows
-/// without bound (8.5 GB during bench/scale.sh's fill, before this limit).
+/// The WAL's size past which the writer checkpoints all of it and starts it over. Under a
+/// steady load some reader is always on the WAL, so SQLite never starts it over by itself and
+/// it grows without bound (8.5 GB during bench/scale.sh's fill, before this limit).
 const WAL_LIMIT_BYTES: u64 = 64 << 20;
 /// Items kept in memory as stored ([`ItemCache`]): exact, because this process is the only
 /// writer of the file (`unix-excl`).
@@ -220,6 +220,11 @@ impl Database {
                      version INTEGER NOT NULL
                  ) WITHOUT ROWID;",
             )
+            .map_err(unavailable)?;
+        // A WAL started over keeps its file, cut back to the limit: its blocks are written
+        // again in place (see `WalFile::start_over_if_too_large`).
+        writer
+            .execute_batch(&format!("PRAGMA journal_size_limit = {wal_limit}"))
             .map_err(unavailable)?;
         let page_size: i64 = writer
             .query_row("PRAGMA page_size", [], |row| row.get(0))
@@ -443,14 +448,20 @@ impl WalFile {
         }
     }
 
-    /// Past its limit, copies every frame into the database and truncates the WAL once no
+    /// Past its limit, copies every frame into the database and starts the WAL over once no
     /// reader is still on it (new readers read the database file once it holds every frame).
     /// Up to twice the limit it does not wait for readers, so writes are not held up behind a
     /// long LIST, and a busy WAL is tried again after the next commit; past that, readers that
     /// overlap without a pause could keep it busy for ever, so it waits for them (and the
     /// writes wait with it). The checkpoint thread has copied all but the last second's frames
     /// already, so the copy itself is short.
-    fn truncate_if_too_large(&self, connection: &Connection) {
+    ///
+    /// Started over, not truncated: the next frames overwrite the file's blocks from the start
+    /// (`journal_size_limit` cuts it back to the limit). Truncating it to nothing cost the
+    /// `ftruncate` of up to 64 MiB while every write waited, and then each commit's fsync
+    /// allocated blocks again: KV writes were 21-27% slower with a 7x higher p99
+    /// (bench/RESULTS.md, 2026-12-07 evening).
+    fn start_over_if_too_large(&self, connection: &Connection) {
         let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         if size <= self.limit {
             return;
@@ -460,18 +471,18 @@ impl WalFile {
         } else {
             std::time::Duration::ZERO
         };
-        let truncated = connection.busy_timeout(wait).and_then(|()| {
-            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+        let started_over = connection.busy_timeout(wait).and_then(|()| {
+            connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
                 row.get::<_, i64>(0)
             })
         });
         if let Err(error) = connection.busy_timeout(BUSY_TIMEOUT) {
             tracing::warn!(%error, "sqlite busy timeout not restored");
         }
-        match truncated {
-            Ok(0) => tracing::debug!(size, "sqlite WAL checkpointed and truncated"),
+        match started_over {
+            Ok(0) => tracing::debug!(size, "sqlite WAL checkpointed and started over"),
             Ok(_) => tracing::debug!(size, "sqlite WAL past its limit: a reader is still on it"),
-            Err(error) => tracing::warn!(%error, size, "sqlite WAL truncation failed"),
+            Err(error) => tracing::warn!(%error, size, "sqlite WAL start-over failed"),
         }
     }
 }
@@ -511,7 +522,7 @@ fn write_loop(
             // The receiver may be gone (the request timed out): the write stands either way.
             let _ = request.done.send(outcome);
         }
-        wal.truncate_if_too_large(&connection);
+        wal.start_over_if_too_large(&connection);
     }
 }
 
@@ -1092,8 +1103,10 @@ mod tests {
     }
 
     /// Under a steady load some reader is always on the WAL, so SQLite never starts it over by
-    /// itself: before the writer truncated it past its limit, it grew to 8.5 GB during
-    /// bench/scale.sh's fill (and to 7 MB here).
+    /// itself: before the writer started it over past its limit, it grew to 8.5 GB during
+    /// bench/scale.sh's fill (and to 7 MB here). Started over, it keeps its file at the limit
+    /// (not truncated to nothing, whose `ftruncate` and block allocations made every write
+    /// slower), and SQLite's checkpoint sequence in its header shows it was.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_stays_bounded_while_reads_never_stop() {
         const LIMIT: u64 = 256 << 10;
@@ -1128,7 +1141,7 @@ mod tests {
                 })
             })
             .collect();
-        let mut largest = 0;
+        let (mut largest, mut smallest_after_limit) = (0, u64::MAX);
         for round in 0..60 {
             let writes: Vec<_> = (0..16)
                 .map(|i| {
@@ -1142,7 +1155,11 @@ mod tests {
             for write in writes {
                 write.await.unwrap().unwrap();
             }
-            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+            largest = largest.max(size);
+            if largest >= LIMIT {
+                smallest_after_limit = smallest_after_limit.min(size);
+            }
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for reader in readers {
@@ -1154,6 +1171,14 @@ mod tests {
             largest <= 2 * LIMIT + one_group,
             "the WAL reached {largest} bytes, past its limit of {LIMIT}"
         );
+        assert!(
+            smallest_after_limit >= LIMIT,
+            "the WAL was cut to {smallest_after_limit} bytes after reaching {LIMIT}"
+        );
+        // The WAL header's checkpoint sequence (bytes 12..16) counts the times it started over.
+        let header = std::fs::read(&wal).unwrap();
+        let starts = u32::from_be_bytes(header[12..16].try_into().unwrap());
+        assert!(starts >= 2, "the WAL started over {starts} times");
         assert_eq!(
             storage.list("k/").await.unwrap().len(),
             960,
