@@ -13,7 +13,7 @@ work="$(mktemp -d)"
 pids=()
 trap 'kill ${pids[@]} 2>/dev/null; rm -rf $work' EXIT
 start() { # name bin
-  KINKO_LOG=warn $2 server --dev --data-dir "$work/$1" --listen 127.0.0.1:0 --dev-root-token bench-root $EXTRA >"$work/$1.out" 2>"$work/$1.err" &
+  KINKO_LOG=warn $2 server --dev --data-dir "$work/$1" --listen 127.0.0.1:0 --dev-root-token bench-root >"$work/$1.out" 2>"$work/$1.err" &
   pids+=($!); eval "pid_$1=$!"
   wait_for "$work/$1.out" '^export VAULT_ADDR'
   eval "addr_$1=$(sed -n 's/^kinko listening on //p' "$work/$1.out")"
@@ -21,7 +21,7 @@ start() { # name bin
   eval "token_$1=$(prepare "$a" "$work/$1/ca.pem")"
   if [ -n "${AUDIT:-}" ]; then api "$work/$1/ca.pem" "$a/v1/sys/audit/file" -X PUT -d '{"type":"file","options":{"file_path":"'"$work/$1.audit"'"}}' >/dev/null; fi
 }
-EXTRA=; start a "$A"; start b "$B"
+start a "$A"; start b "$B"
 duration=2s run w $pid_a $addr_a $token_a $wl >/dev/null
 duration=2s run w $pid_b $addr_b $token_b $wl >/dev/null
 for i in $(seq $rounds); do
